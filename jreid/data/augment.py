@@ -1,0 +1,476 @@
+"""Training augmentation on the device: per-example keys, static shapes, NHWC.
+
+The training set lives on the device as uint8 (N, H, W, 3), already resized on
+the host (PIL bicubic), so a batch is a gather followed by the ops here, inside
+the jitted step. Every op is a batched function `op(images, keys, **kwargs)`
+with `keys` a (B,) array of typed PRNG keys; internally a per-example function
+is vmapped over the batch. Nothing mixes examples, so an example's result
+depends only on its pixels and its key: the same whether the batch is
+processed whole, in chunks, or sharded over devices (threefry keys are
+partitionable), and no host callback is involved.
+
+Ops live in one of two spaces, mirroring the torchvision pipelines of the
+references (spec_unsupervised.md §1.3), where PIL ops run before ToTensor +
+Normalize and RandomErasing after it:
+
+  pixel space (float32 holding integer values 0..255, as PIL's uint8):
+    random_flip, pad_crop, grayscale, gaussian_blur
+  normalised space ((x / 255 - mean) / std):
+    random_erasing, cap_erasing
+
+`normalize` moves from the first space to the second; every view has it
+exactly once. `make_view` composes a view from a named recipe or a list.
+
+Randomness: an op turns each example's key into the few uniforms it needs
+(the third entry of `OPS`). `keys` may instead be those uniforms, (B, n) in
+[0, 1): `compose` draws all ops' uniforms for an example with one threefry
+call, because threefry kernels dominate the compile time of a view.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+
+def uniforms(keys: Array, n: int) -> Array:
+  """(B,) typed keys -> (B, n) float32 uniforms in [0, 1), one draw each.
+
+  (B, n) floating arrays pass through unchanged (already drawn by `compose`).
+  """
+  if jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key):
+    return jax.vmap(lambda k: jax.random.uniform(k, (n,)))(keys)
+  if not jnp.issubdtype(keys.dtype, jnp.floating) or keys.shape[1:] != (n,):
+    raise ValueError(f'expected (B,) typed PRNG keys (jax.random.key) or '
+                     f'(B, {n}) uniforms, got {keys.dtype} {keys.shape}')
+  return keys
+
+
+def _shard_like_batch(keys: Array, images: Array) -> Array:
+  """Shards keys (or uniforms) along the batch axis like the images.
+
+  Needed only on a mesh with Explicit axes, where vmap requires its inputs
+  sharded alike (and each device then draws only its own examples); with
+  Auto axes the batch sharding is not in the type and the compiler
+  propagates it.
+  """
+  spec = jax.typeof(images).sharding.spec
+  if len(spec) and spec[0] is not None:
+    keys = jax.sharding.reshard(
+        keys, jax.typeof(images).sharding.update(spec=jax.P(spec[0])))
+  return keys
+
+
+def _per_example(fn: Callable[[Array, Array], Array], images: Array,
+                 keys: Array, n: int) -> Array:
+  """vmaps `fn(image (H,W,C), u (n,))` over the batch axis."""
+  if images.ndim != 4 or keys.shape[:1] != images.shape[:1]:
+    raise ValueError(f'expected images (B,H,W,C) and keys (B,), got '
+                     f'{images.shape} and {keys.shape}')
+  u = uniforms(_shard_like_batch(keys, images), n)
+  return jax.vmap(fn)(images.astype(jnp.float32), u)
+
+
+# ------------------------------------------------------------- pixel space ---
+
+
+def random_flip(images: Array, keys: Array, *, p: float = 0.5) -> Array:
+  """Horizontal flip with probability p (torchvision RandomHorizontalFlip).
+
+  Args:
+    images: (B, H, W, C) pixel-space images.
+    keys: (B,) typed PRNG keys, or their (B, n) uniforms.
+    p: flip probability.
+
+  Returns:
+    (B, H, W, C) float32.
+  """
+  def one(x, u):
+    return jnp.where(u[0] < p, x[:, ::-1], x)
+  return _per_example(one, images, keys, 1)
+
+
+def pad_crop(images: Array, keys: Array, *, pad: int = 10) -> Array:
+  """Zero padding by `pad` on each side, then a random (H, W) crop.
+
+  As Pad(pad) + RandomCrop((H, W)): offsets are uniform in 0..2*pad
+  inclusive on each axis. The padding is black in pixel space, so it becomes
+  -mean/std after `normalize`, as in the references.
+
+  Args:
+    images: (B, H, W, C) pixel-space images.
+    keys: (B,) typed PRNG keys, or their (B, n) uniforms.
+    pad: pixels of zero padding per side.
+
+  Returns:
+    (B, H, W, C) float32.
+  """
+  def one(x, u):
+    h, w, c = x.shape
+    padded = jnp.pad(x, ((pad, pad), (pad, pad), (0, 0)))
+    # Offsets uniform in 0..2*pad; min() guards u * n rounding up to n.
+    i, j = jnp.minimum(jnp.floor(u * (2 * pad + 1)),
+                       2 * pad).astype(jnp.int32)
+    return jax.lax.dynamic_slice(padded, (i, j, 0), (h, w, c))
+  return _per_example(one, images, keys, 2)
+
+
+def grayscale(images: Array, keys: Array | None = None) -> Array:
+  """PIL convert('L') replicated to 3 channels (Grayscale(3) of torchvision).
+
+  Uses PIL's own fixed-point luma, (19595 R + 38470 G + 7471 B + 2^15) >> 16,
+  i.e. round(0.299 R + 0.587 G + 0.114 B), so the result is bit-exact to PIL
+  on integer pixels.
+
+  Args:
+    images: (B, H, W, 3) pixel-space images (integer-valued).
+    keys: unused; accepted so every op has the same signature.
+
+  Returns:
+    (B, H, W, 3) float32.
+  """
+  del keys
+  x = jnp.round(images.astype(jnp.float32)).astype(jnp.int32)
+  luma = (x[..., 0] * 19595 + x[..., 1] * 38470 + x[..., 2] * 7471
+          + 0x8000) >> 16
+  return jnp.repeat(luma[..., None].astype(jnp.float32), 3, axis=-1)
+
+
+def _box_radius(sigma: Array) -> Array:
+  """PIL's _gaussian_blur_radius for 3 passes: extended box radius l + a.
+
+  Three box passes of variance sigma^2 / 3 each add up to a blur of standard
+  deviation sigma; l is the integer part of the box radius and a the weight
+  of the two fractional end taps (Gwosdek et al., SSVM 2011, eqs. 7-14).
+  """
+  sigma2 = sigma * sigma / 3.0
+  l = jnp.floor((jnp.sqrt(12.0 * sigma2 + 1.0) - 1.0) / 2.0)
+  a = (2 * l + 1) * (l * (l + 1) - 3 * sigma2)
+  return l + a / (6 * (sigma2 - (l + 1) * (l + 1)))
+
+
+def _max_box_radius(max_sigma: float) -> int:
+  """Static bound on int(box radius) for sigma <= max_sigma.
+
+  The small slack covers float32 rounding of the radius at an integer
+  boundary; larger radii are clipped (never reached for sigma < max_sigma).
+  """
+  sigma2 = max_sigma * max_sigma / 3.0
+  return int((math.sqrt(12.0 * sigma2 + 1.0) - 1.0) / 2.0 + 1e-4)
+
+
+def _box_pass(x: Array, weights: Array, axis: int) -> Array:
+  """One PIL ImagingLineBoxBlur pass along `axis` of a uint32 (H, W, C) image.
+
+  out[i] = (sum_k weights[k] * x[i + k - m] + 2^23) >> 24 with m the kernel
+  half-width and edge pixels replicated; with PIL's weights this is exactly
+  its fixed-point arithmetic (the weights sum to <= 2^24, so it fits uint32).
+  """
+  half = (weights.shape[0] - 1) // 2
+  size = x.shape[axis]
+  pad_width = [(0, 0)] * x.ndim
+  pad_width[axis] = (half, half)
+  padded = jnp.pad(x, pad_width, mode='edge')
+  acc = jnp.zeros_like(x)
+  for k in range(2 * half + 1):
+    acc += weights[k] * jax.lax.slice_in_dim(padded, k, k + size, axis=axis)
+  return (acc + (1 << 23)) >> 24
+
+
+def pil_gaussian_blur(image: Array, sigma: Array, *, max_radius: int) -> Array:
+  """PIL `image.filter(GaussianBlur(radius=sigma))` on one (H, W, C) image.
+
+  PIL (libImaging/BoxBlur.c) converts sigma to an extended box radius R,
+  then runs 3 horizontal passes and 3 vertical passes, each rounding to uint8.
+  Weights: ww = floor(2^24 / (2R + 1)) on the 2r + 1 inner taps (r = int(R))
+  and fw = (2^24 - (2r + 1) ww) / 2 on the two end taps.
+
+  Args:
+    image: (H, W, C) integer-valued pixels in [0, 255].
+    sigma: scalar blur radius (Gaussian standard deviation), > 0.
+    max_radius: static bound on int(R) for the largest sigma used.
+
+  Returns:
+    (H, W, C) float32 integer-valued pixels.
+  """
+  big_r = _box_radius(jnp.asarray(sigma, jnp.float32))
+  radius = jnp.minimum(jnp.floor(big_r), max_radius).astype(jnp.int32)
+  ww = jnp.floor(jnp.float32(1 << 24) / (big_r * 2 + 1)).astype(jnp.uint32)
+  fw = (jnp.uint32(1 << 24) - (2 * radius + 1).astype(jnp.uint32) * ww) // 2
+  # Static taps |k| <= max_radius + 1: ww inside the box, fw on its two ends.
+  k = jnp.abs(jnp.arange(-max_radius - 1, max_radius + 2))
+  weights = jnp.where(k <= radius, ww, jnp.where(k == radius + 1, fw, 0))
+  weights = weights.astype(jnp.uint32)
+  x = jnp.round(image).astype(jnp.uint32)
+  for axis in (1, 0):  # PIL: 3 horizontal passes, then 3 vertical ones.
+    # A loop rather than unrolled passes: a third of the compile time.
+    x = jax.lax.fori_loop(0, 3, lambda _, y, a=axis: _box_pass(y, weights, a),
+                          x)
+  return x.astype(jnp.float32)
+
+
+def gaussian_blur(images: Array, keys: Array, *, p: float = 0.5,
+                  sigma: tuple[float, float] = (0.1, 2.0)) -> Array:
+  """RandomApply([GaussianBlur(sigma)], p): PIL GaussianBlur(radius=s).
+
+  s ~ U(sigma[0], sigma[1]) per example (the MoCo/SimCLR recipe ICE uses).
+  PIL does not convolve with a Gaussian: it runs 3 passes of an extended box
+  blur per axis (Gwosdek et al. 2011) with uint8 rounding after each pass.
+  `pil_gaussian_blur` reproduces that algorithm and its fixed-point
+  arithmetic rather than approximating it with a sampled Gaussian kernel.
+  Measured against PIL (blur test): identical on almost every pixel; XLA may
+  round the float32 box radius differently from PIL's C code (fused ops), which
+  moves a weight by one unit in 2^24 and a rare pixel by 1 gray level. The
+  kernel has a static size set by sigma[1] (5 taps for sigma <= 2).
+
+  Args:
+    images: (B, H, W, C) pixel-space images (integer-valued).
+    keys: (B,) typed PRNG keys, or their (B, n) uniforms.
+    p: probability of blurring an example.
+    sigma: (low, high) range of the blur radius (= Gaussian std).
+
+  Returns:
+    (B, H, W, C) float32.
+  """
+  max_radius = _max_box_radius(sigma[1])
+
+  def one(x, u):
+    s = sigma[0] + (sigma[1] - sigma[0]) * u[1]
+    blurred = pil_gaussian_blur(x, s, max_radius=max_radius)
+    return jnp.where(u[0] < p, blurred, x)
+  return _per_example(one, images, keys, 2)
+
+
+def normalize(images: Array, keys: Array | None = None, *,
+              mean: Sequence[float] = MEAN,
+              std: Sequence[float] = STD) -> Array:
+  """ToTensor + Normalize: (x / 255 - mean) / std, per channel.
+
+  Args:
+    images: (B, H, W, 3) uint8 or pixel-space float images.
+    keys: unused.
+    mean: per-channel mean of [0, 1] pixels.
+    std: per-channel std of [0, 1] pixels.
+
+  Returns:
+    (B, H, W, 3) float32.
+  """
+  del keys
+  # (x - 255 mean) / (255 std) rather than (x / 255 - mean) / std: no
+  # multiply-add pattern, so no FMA contraction that XLA may apply in one
+  # compiled batch shape and not another; results are bit-identical across
+  # batch sizes and within 2 ulp of torchvision's.
+  scale = 255.0 * np.asarray(std, np.float32)
+  shift = 255.0 * np.asarray(mean, np.float32)
+  return (images.astype(jnp.float32) - shift) / scale
+
+
+# -------------------------------------------------------- normalised space ---
+
+
+def _erasing_draws(u: Array, attempts: int, area: tuple[float, float],
+                   aspect: tuple[float, float]) -> dict[str, Array]:
+  """One example's (1 + 4 * attempts) uniforms -> RandomErasing's draws."""
+  a = attempts
+  return dict(
+      u_apply=u[0],
+      area=area[0] + (area[1] - area[0]) * u[1:1 + a],
+      ratio=aspect[0] + (aspect[1] - aspect[0]) * u[1 + a:1 + 2 * a],
+      u_top=u[1 + 2 * a:1 + 3 * a],
+      u_left=u[1 + 3 * a:1 + 4 * a])
+
+
+def _erasing_box(draws: Mapping[str, Array], height: int, width: int, *,
+                 p: float, inclusive: bool) -> tuple[Array, ...]:
+  """(apply, top, left, h, w) of the patch, as the reference's attempt loop.
+
+  The reference loops over attempts and stops at the first accepted box. All
+  attempts are evaluated at once here and the first accepted one is picked
+  with argmax, so the shapes stay static; with no accepted attempt the image
+  is left unchanged, as in the reference.
+  """
+  target = draws['area'] * (height * width)
+  h = jnp.round(jnp.sqrt(target * draws['ratio'])).astype(jnp.int32)
+  w = jnp.round(jnp.sqrt(target / draws['ratio'])).astype(jnp.int32)
+  if inclusive:  # CAP: accept w <= W and h <= H; apply when U <= p.
+    ok = (w <= width) & (h <= height)
+    apply = draws['u_apply'] <= p
+  else:  # open-reid / Zhong: accept w < W and h < H; apply when U < p.
+    ok = (w < width) & (h < height)
+    apply = draws['u_apply'] < p
+  first = jnp.argmax(ok)
+  h, w = h[first], w[first]
+  # randint(0, H - h) inclusive; the clip guards u * n rounding up to n.
+  top = jnp.minimum(jnp.floor(draws['u_top'][first] * (height - h + 1)),
+                    height - h).astype(jnp.int32)
+  left = jnp.minimum(jnp.floor(draws['u_left'][first] * (width - w + 1)),
+                     width - w).astype(jnp.int32)
+  return apply & ok[first], top, left, h, w
+
+
+def random_erasing(images: Array, keys: Array, *, p: float = 0.5,
+                   area: tuple[float, float] = (0.02, 0.4),
+                   aspect: tuple[float, float] = (0.3, 1 / 0.3),
+                   fill: Sequence[float] = MEAN, attempts: int = 100,
+                   inclusive: bool = False) -> Array:
+  """RandomErasing of open-reid / Zhong et al. on normalised images.
+
+  With probability p, up to `attempts` boxes are drawn: target area
+  U(area)*H*W, aspect r ~ U(aspect), h = round(sqrt(target*r)),
+  w = round(sqrt(target/r)); the first box with w < W and h < H is placed at
+  top ~ randint(0, H-h), left ~ randint(0, W-w) (inclusive) and filled with
+  the per-channel constants `fill`. The default fill is the ImageNet mean
+  written into the already normalised tensor, a quirk of the references kept
+  for parity. `inclusive=True` gives CAP's variant (accept w <= W, h <= H).
+
+  Args:
+    images: (B, H, W, C) normalised images.
+    keys: (B,) typed PRNG keys, or their (B, n) uniforms.
+    p: probability of erasing an example.
+    area: (low, high) fraction of the image area.
+    aspect: (low, high) aspect ratio h/w, drawn uniformly (not log-uniform).
+    fill: (C,) values written into the patch.
+    attempts: number of boxes tried.
+    inclusive: accept boxes as large as the image (CAP).
+
+  Returns:
+    (B, H, W, C) float32.
+  """
+  def one(x, u):
+    height, width, _ = x.shape
+    draws = _erasing_draws(u, attempts, area, aspect)
+    apply, top, left, h, w = _erasing_box(draws, height, width, p=p,
+                                          inclusive=inclusive)
+    rows = jnp.arange(height)[:, None]
+    cols = jnp.arange(width)[None, :]
+    inside = (apply & (rows >= top) & (rows < top + h) & (cols >= left)
+              & (cols < left + w))
+    return jnp.where(inside[..., None], jnp.asarray(fill, jnp.float32), x)
+  return _per_example(one, images, keys, 1 + 4 * attempts)
+
+
+def cap_erasing(images: Array, keys: Array, *, p: float = 0.5,
+                area: tuple[float, float] = (0.02, 0.2),
+                aspect: tuple[float, float] = (0.3, 3.0),
+                fill: Sequence[float] = MEAN, attempts: int = 100) -> Array:
+  """CAP's RandomErasing: area (0.02, 0.2), aspect (0.3, 3), w <= W, h <= H."""
+  return random_erasing(images, keys, p=p, area=area, aspect=aspect,
+                        fill=fill, attempts=attempts, inclusive=True)
+
+
+# ----------------------------------------------------------------- compose ---
+
+_PIXEL, _NORMALIZE, _NORMALISED = 0, 1, 2
+
+
+def _erasing_uniforms(kwargs: Mapping[str, Any]) -> int:
+  return 1 + 4 * kwargs['attempts']
+
+
+# name -> (op, space, uniforms it draws per example given its kwargs).
+OPS: dict[str, tuple[Callable[..., Array], int, Callable[[dict], int]]] = {
+    'random_flip': (random_flip, _PIXEL, lambda kw: 1),
+    'pad_crop': (pad_crop, _PIXEL, lambda kw: 2),
+    'grayscale': (grayscale, _PIXEL, lambda kw: 0),
+    'gaussian_blur': (gaussian_blur, _PIXEL, lambda kw: 2),
+    'normalize': (normalize, _NORMALIZE, lambda kw: 0),
+    'random_erasing': (random_erasing, _NORMALISED, _erasing_uniforms),
+    'cap_erasing': (cap_erasing, _NORMALISED, _erasing_uniforms),
+}
+
+_COLOUR = ('random_flip', 'pad_crop', 'normalize', 'random_erasing')
+# Named views of spec_unsupervised.md §1.3 (and BoT, identical to CC's).
+RECIPES: dict[str, tuple[Any, ...]] = {
+    'test': ('normalize',),
+    'bot': _COLOUR,
+    'cluster_contrast': _COLOUR,
+    'spcl': _COLOUR,
+    'cacl_color': _COLOUR,
+    'cacl_gray': ('grayscale',) + _COLOUR,
+    'ice_strong': ('pad_crop', 'random_flip', ('gaussian_blur', {'p': 0.5}),
+                   'normalize', ('random_erasing', {'p': 0.6})),
+    'ice_weak': ('normalize',),
+    'cap': ('random_flip', 'pad_crop', 'normalize', 'cap_erasing'),
+}
+
+ViewSpec = str | Sequence[Any]
+
+
+def _parse(spec: ViewSpec) -> list[tuple[str, dict[str, Any], int]]:
+  """Recipe name or [op | (op, kwargs)] -> validated [(op, kwargs, n)]."""
+  if isinstance(spec, str):
+    if spec not in RECIPES:
+      raise ValueError(f'unknown augmentation recipe {spec!r}; known: '
+                       f'{sorted(RECIPES)}, or pass a list of ops')
+    spec = RECIPES[spec]
+  ops = []
+  for entry in spec:
+    name, kwargs = (entry, {}) if isinstance(entry, str) else entry
+    if name not in OPS:
+      raise ValueError(f'unknown augmentation op {name!r}; known: '
+                       f'{sorted(OPS)}')
+    kwargs = dict(kwargs)
+    try:
+      bound = inspect.signature(OPS[name][0]).bind(None, None, **kwargs)
+    except TypeError as e:
+      raise ValueError(f'bad arguments {kwargs} for op {name!r}: {e}') from None
+    bound.apply_defaults()
+    ops.append((name, kwargs, OPS[name][2](bound.arguments)))
+  spaces = [OPS[name][1] for name, _, _ in ops]
+  if spaces.count(_NORMALIZE) != 1 or spaces != sorted(spaces):
+    raise ValueError(
+        f'a view needs exactly one normalize, with pixel-space ops '
+        f'(random_flip, pad_crop, grayscale, gaussian_blur) before it and '
+        f'erasing ops after it; got {[name for name, _, _ in ops]}')
+  return ops
+
+
+def compose(spec: ViewSpec) -> Callable[[Array, Array], Array]:
+  """Builds fn(images uint8 (B,H,W,3), keys (B,)) -> float32 (B,H,W,3).
+
+  Example b draws all its uniforms at once, uniform(keys[b], (n_total,)),
+  and op i reads its own slice, so an example's result depends on its key
+  only, whatever the batch around it.
+  """
+  ops = _parse(spec)
+  total = sum(n for _, _, n in ops)
+
+  def apply(images: Array, keys: Array) -> Array:
+    u = uniforms(_shard_like_batch(keys, images), total)
+    x, start = images, 0
+    for name, kwargs, n in ops:
+      x = OPS[name][0](x, u[:, start:start + n], **kwargs)
+      start += n
+    return x
+  return apply
+
+
+def make_view(spec: ViewSpec) -> Callable[[Array, Array], Array]:
+  """Builds view(images uint8 (B,H,W,3), key) -> float32 (B,H,W,3).
+
+  Per-example keys are `jax.random.split(key, B)`; see `compose` for the
+  per-example form.
+
+  Args:
+    spec: a recipe name from RECIPES ('test', 'bot', 'cluster_contrast',
+      'spcl', 'cacl_color', 'cacl_gray', 'ice_strong', 'ice_weak', 'cap') or
+      a list of op names / (op name, kwargs) pairs from OPS.
+
+  Raises:
+    ValueError: unknown recipe or op, bad kwargs, or ops in the wrong space.
+  """
+  apply = compose(spec)
+
+  def view(images: Array, key: Array) -> Array:
+    return apply(images, jax.random.split(key, images.shape[0]))
+  return view
