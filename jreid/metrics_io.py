@@ -1,0 +1,165 @@
+"""Metrics out: JSON lines, log lines with throughput and ETA, TensorBoard.
+
+`metrics.jsonl` in the workdir gets one object per write ({'step': ..,
+name: value}), parseable by launchers and notebooks without TensorBoard.
+TensorBoard event files are written too when a writer is importable
+(tensorboardX, or TensorFlow's tf.summary); neither is required. Only process
+0 writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Mapping
+
+from absl import logging
+import jax
+import numpy as np
+
+
+def _scalar(v: Any):
+  v = np.asarray(v)
+  return v.item() if v.size == 1 else v.tolist()
+
+
+def _tensorboard_writer(logdir: str):
+  try:
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+    return SummaryWriter(logdir)
+  except ImportError:
+    pass
+  try:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    tf.config.set_visible_devices([], 'GPU')  # TF must not grab accelerators.
+    return _TFWriter(tf, logdir)
+  except ImportError:
+    return None
+
+
+class _TFWriter:
+
+  def __init__(self, tf, logdir):
+    self._tf, self._w = tf, tf.summary.create_file_writer(logdir)
+
+  def add_scalar(self, name, value, step):
+    with self._w.as_default():
+      self._tf.summary.scalar(name, value, step=step)
+
+  def flush(self):
+    self._w.flush()
+
+  def close(self):
+    self._w.close()
+
+
+class MetricWriter:
+  """Appends metrics to `workdir/metrics.jsonl` (+ TensorBoard if available)."""
+
+  def __init__(self, workdir: str, tensorboard: bool = True):
+    self.active = jax.process_index() == 0
+    self.path = os.path.join(workdir, 'metrics.jsonl')
+    self._tb = None
+    if self.active:
+      os.makedirs(workdir, exist_ok=True)
+      if tensorboard:
+        self._tb = _tensorboard_writer(os.path.join(workdir, 'tensorboard'))
+
+  def write(self, step: int, metrics: Mapping[str, Any]) -> None:
+    if not self.active or not metrics:
+      return
+    row = {'step': int(step)}
+    row.update({k: _scalar(v) for k, v in metrics.items()})
+    with open(self.path, 'a') as f:
+      f.write(json.dumps(row) + '\n')
+    if self._tb is not None:
+      for k, v in row.items():
+        if k != 'step' and isinstance(v, (int, float)):
+          self._tb.add_scalar(k, v, int(step))
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.flush()
+      self._tb.close()
+
+
+def read_jsonl(path: str) -> list[dict[str, Any]]:
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+_RATE_KEYS = ('steps_per_sec', 'images_per_sec', 'eta_sec')
+
+
+class Progress:
+  """Throughput and ETA that leave out compilation and pauses (eval, refresh).
+
+  Call `tick(step)` after each train step's result is ready; wrap pauses in
+  `with progress.paused():` so their time does not count towards steps/s.
+  The first measured interval starts after the first step, which compiles.
+  """
+
+  def __init__(self, total_steps: int, batch_size: int):
+    self.total_steps = total_steps
+    self.batch_size = batch_size
+    self._t0 = None
+    self._s0 = None
+    self._paused = 0.0
+
+  def tick(self, step: int) -> None:
+    if self._t0 is None:
+      self._t0, self._s0, self._paused = time.perf_counter(), step, 0.0
+
+  class _Pause:
+
+    def __init__(self, progress):
+      self.p = progress
+
+    def __enter__(self):
+      self.t = time.perf_counter()
+
+    def __exit__(self, *exc):
+      self.p._paused += time.perf_counter() - self.t  # pylint: disable=protected-access
+
+  def paused(self):
+    return self._Pause(self)
+
+  def rates(self, step: int) -> dict[str, float]:
+    """Steps/s, images/s and ETA (s) since the first timed step."""
+    if self._t0 is None or step <= self._s0:
+      return {}
+    dt = max(time.perf_counter() - self._t0 - self._paused, 1e-9)
+    sps = (step - self._s0) / dt
+    return {'steps_per_sec': sps, 'images_per_sec': sps * self.batch_size,
+            'eta_sec': (self.total_steps - step) / sps}
+
+  def line(self, step: int, epoch: int, metrics: Mapping[str, Any]) -> str:
+    r = self.rates(step)
+    parts = [f'step {step}/{self.total_steps} epoch {epoch}']
+    parts += [f'{k} {float(v):.4g}' for k, v in metrics.items()
+              if np.asarray(v).size == 1 and k not in _RATE_KEYS]
+    if r:
+      eta = int(r['eta_sec'])
+      parts.append(f"{r['images_per_sec']:.1f} img/s "
+                   f'ETA {eta // 3600}:{eta // 60 % 60:02d}:{eta % 60:02d}')
+    return ' | '.join(parts)
+
+
+def log_config(workdir: str, config) -> None:
+  """Writes the resolved config to workdir/config.json (process 0)."""
+  if jax.process_index() != 0:
+    return
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def write_json(path: str, obj: Mapping[str, Any]) -> None:
+  if jax.process_index() != 0:
+    return
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump({k: _scalar(v) for k, v in obj.items()}, f, indent=2)
+  os.replace(tmp, path)  # atomic: a reader never sees half a file
+  logging.info('wrote %s', path)

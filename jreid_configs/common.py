@@ -1,0 +1,171 @@
+"""Pieces every jreid config shares: argument parsing, defaults, dataset roots.
+
+A config file's `get_config(arg)` receives the text after the colon in
+`--config=jreid_configs/supervised.py:dataset=market1501,runlocal`; `parse_arg`
+turns it into a ConfigDict with typed defaults (big_vision style). Bare words
+are booleans (`runlocal` == `runlocal=True`).
+"""
+
+from __future__ import annotations
+
+import ast
+
+import ml_collections as mlc
+
+# Where each dataset is expected by default. `config.data.root` may be the
+# dataset folder itself or any parent that contains it (the parsers search).
+DEFAULT_ROOTS = {
+    'synthetic': 'data/synthetic',
+    'market1501': 'data',
+    'dukemtmc': 'data',
+    'msmt17': 'data',
+    'veri776': 'data',
+}
+
+# Paper-standard input sizes (H, W): persons 256x128, VeRi 224x224 (CC/SpCL).
+IMAGE_SIZES = {
+    'synthetic': (128, 64),
+    'market1501': (256, 128),
+    'dukemtmc': (256, 128),
+    'msmt17': (256, 128),
+    'veri776': (224, 224),
+}
+
+
+def parse_arg(arg: str | None, **defaults) -> mlc.ConfigDict:
+  """Parses 'k=v,flag,...' into a ConfigDict typed after `defaults`.
+
+  Unknown keys are an error so that typos do not silently run the default.
+  """
+  out = mlc.ConfigDict(defaults)
+  if not arg:
+    return out
+  for item in arg.split(','):
+    item = item.strip()
+    if not item:
+      continue
+    key, _, value = item.partition('=')
+    if key not in defaults:
+      raise ValueError(f'unknown config argument {key!r}; known: '
+                       f'{sorted(defaults)}')
+    default = defaults[key]
+    if not _:  # bare word: a boolean switch
+      out[key] = True
+    elif isinstance(default, bool):
+      out[key] = value.lower() in ('1', 'true', 'yes', 'on')
+    elif isinstance(default, (int, float)):
+      out[key] = type(default)(ast.literal_eval(value))
+    else:
+      out[key] = value
+  return out
+
+
+def base_config(dataset: str) -> mlc.ConfigDict:
+  """The defaults every method starts from (reference values, §1 of the spec)."""
+  c = mlc.ConfigDict()
+  c.seed = 1
+
+  c.data = mlc.ConfigDict()
+  c.data.name = dataset
+  c.data.root = DEFAULT_ROOTS.get(dataset, 'data')
+  c.data.kwargs = mlc.ConfigDict()  # extra parser / generator arguments
+  c.data.image_size = IMAGE_SIZES.get(dataset, (256, 128))
+  c.data.in_memory = True   # keep the uint8 train set on the devices
+  c.data.skip_corrupt = False
+  c.data.cache_dir = ''     # '' = <root>/.jreid_cache
+  c.data.num_workers = 0    # grain workers when in_memory=False
+
+  c.sampler = mlc.ConfigDict()
+  c.sampler.kind = 'random_identity'
+  c.sampler.batch_size = 64
+  c.sampler.num_instances = 4
+
+  c.aug = mlc.ConfigDict()
+  c.aug.train = 'bot'
+
+  c.model = mlc.ConfigDict()
+  c.model.name = 'resnet50'
+  c.model.width = 64
+  c.model.last_stride = 1
+  c.model.pooling = 'avg'
+  c.model.gem_p = 3.0
+  c.model.neck = 'bnneck'
+  c.model.bn_group_size = 0
+  c.model.bn_running_stats = 'first'
+  c.model.dtype = 'float32'
+  c.model.pretrained = ''   # local torchvision-layout weights; '' = random init
+
+  c.optim = mlc.ConfigDict()
+  c.optim.name = 'adam'
+  c.optim.lr = 3.5e-4
+  c.optim.weight_decay = 5e-4
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.999
+  c.optim.eps = 1e-8
+  c.optim.warmup_epochs = 10
+  c.optim.warmup_factor = 0.1
+  c.optim.decay_epochs = (40, 70)
+  c.optim.decay_factor = 0.1
+
+  c.num_epochs = 120
+  c.steps_per_epoch = 0     # 0 = the sampler's natural epoch on the train labels
+
+  c.evals = mlc.ConfigDict()
+  c.evals.every_epochs = 10
+  c.evals.batch_size = 128
+  c.evals.metric = 'euclidean'
+  c.evals.flip = False
+  c.evals.rerank = False
+  c.evals.max_rank = 50
+
+  c.mesh = mlc.ConfigDict()
+  c.mesh.num_devices = 0    # 0 = every device
+
+  c.checkpoint_every_steps = 1000
+  c.keep_checkpoints = 2
+  c.log_every_steps = 50
+  c.stop_after_step = 0     # >0: checkpoint and return after this step
+  c.resume = ''             # a workdir (or its checkpoints folder) to resume
+  c.init = ''               # a workdir whose params initialise the model
+  return c
+
+
+def apply_runlocal(c: mlc.ConfigDict) -> None:
+  """Shrinks model, images and schedule so any dataset smoke-trains on a CPU.
+
+  Same code path as the full run; only sizes change.
+  """
+  c.data.image_size = (64, 32)
+  c.model.name = 'resnet18'
+  c.model.width = 16
+  c.sampler.batch_size = 32
+  c.num_epochs = 2
+  c.steps_per_epoch = 5
+  c.optim.warmup_epochs = 1
+  c.optim.decay_epochs = ()
+  c.evals.every_epochs = 1
+  c.evals.batch_size = 64
+  c.log_every_steps = 1
+  c.checkpoint_every_steps = 5
+
+
+def apply_synthetic_unsupervised(c: mlc.ConfigDict) -> None:
+  """The CPU preset of the unsupervised methods on the synthetic dataset.
+
+  Random initialisation (no ImageNet weights offline), a small ResNet-18 at
+  64x32, one device, so that a run fits in minutes on 2 CPU cores; the
+  method's losses, temperatures and clustering rule are the reference ones.
+  """
+  c.model.name = 'resnet18'
+  c.model.width = 16
+  c.model.bn_group_size = 0
+  c.data.image_size = (64, 32)
+  c.sampler.batch_size = 32
+  c.sampler.num_instances = 4
+  c.optim.lr = 1e-3
+  c.num_epochs = 20
+  c.steps_per_epoch = 40
+  c.evals.every_epochs = 5
+  c.evals.batch_size = 128
+  c.log_every_steps = 20
+  c.checkpoint_every_steps = 200

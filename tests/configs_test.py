@@ -1,0 +1,60 @@
+"""Config files: argument parsing, presets, runlocal, and the docstring rule."""
+
+import glob
+import importlib
+import os
+
+import pytest
+
+from jreid_configs import common
+
+CONFIG_FILES = sorted(glob.glob(os.path.join(
+    os.path.dirname(__file__), '..', 'jreid_configs', '*.py')))
+METHOD_CONFIGS = [f for f in CONFIG_FILES
+                  if os.path.basename(f) not in ('__init__.py', 'common.py')]
+
+
+def _module(path):
+  name = os.path.splitext(os.path.basename(path))[0]
+  return importlib.import_module(f'jreid_configs.{name}')
+
+
+def test_parse_arg_types_and_flags():
+  a = common.parse_arg('dataset=msmt17,runlocal,epochs=3,lr=0.5',
+                       dataset='synthetic', runlocal=False, epochs=1, lr=1.0)
+  assert a.dataset == 'msmt17' and a.runlocal is True
+  assert a.epochs == 3 and isinstance(a.epochs, int) and a.lr == 0.5
+
+
+def test_parse_arg_rejects_unknown_keys():
+  with pytest.raises(ValueError, match="unknown config argument 'datset'"):
+    common.parse_arg('datset=market1501', dataset='synthetic')
+
+
+@pytest.mark.parametrize('path', METHOD_CONFIGS)
+def test_every_config_documents_launch_command_and_targets(path):
+  doc = _module(path).__doc__
+  assert 'python -m jreid.main' in doc and 'mAP' in doc
+
+
+@pytest.mark.parametrize('path', METHOD_CONFIGS)
+@pytest.mark.parametrize('dataset', ['synthetic', 'market1501', 'dukemtmc',
+                                     'msmt17', 'veri776'])
+def test_presets_build_for_every_dataset(path, dataset):
+  c = _module(path).get_config(f'dataset={dataset}')
+  assert c.data.name == dataset
+  assert c.sampler.batch_size % c.sampler.num_instances == 0
+  local = _module(path).get_config(f'dataset={dataset},runlocal')
+  assert local.num_epochs * local.steps_per_epoch <= 20
+  assert local.data.image_size[0] <= 64
+
+
+def test_reference_recipe_of_supervised_market():
+  c = _module(os.path.join('jreid_configs', 'supervised.py')).get_config(
+      'dataset=market1501')
+  assert tuple(c.data.image_size) == (256, 128)
+  assert (c.model.name, c.model.last_stride) == ('resnet50', 1)
+  assert (c.sampler.batch_size, c.sampler.num_instances) == (64, 4)
+  assert c.optim.lr == 3.5e-4 and c.optim.weight_decay == 5e-4
+  assert tuple(c.optim.decay_epochs) == (40, 70) and c.num_epochs == 120
+  assert c.method.ce_epsilon == 0.1 and c.method.triplet_margin == 0.3

@@ -1,0 +1,144 @@
+"""End-to-end tests of jreid.train on a tiny synthetic dataset.
+
+Same code path as a real run (synthetic pedestrians written in the Market-1501
+layout, parsed, decoded, trained, checkpointed, evaluated), with tiny images,
+a tiny ResNet-18 and a few steps.
+"""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jreid import metrics_io
+from jreid import train
+from jreid.methods import supervised
+from jreid_configs import supervised as supervised_config
+
+TINY_DATA = dict(num_train_ids=12, num_test_ids=6, num_distractors=6,
+                 num_junk=4, height=32, width=16)
+
+
+@pytest.fixture(scope='module')
+def data_root(tmp_path_factory):
+  return str(tmp_path_factory.mktemp('synthetic'))
+
+
+def tiny_config(root, **overrides):
+  c = supervised_config.get_config('runlocal')
+  c.data.root = root
+  c.data.kwargs = TINY_DATA
+  c.data.image_size = (32, 16)
+  c.model.width = 8
+  c.sampler.batch_size = 16
+  c.num_epochs = 2
+  c.steps_per_epoch = 3
+  c.checkpoint_every_steps = 2
+  c.evals.batch_size = 32
+  c.mesh.num_devices = 1
+  for k, v in overrides.items():
+    node = c
+    *path, last = k.split('.')
+    for p in path:
+      node = node[p]
+    node[last] = v
+  return c
+
+
+def _params(workdir):
+  """Final params of a run, restored from its newest checkpoint."""
+  from jreid import checkpointing  # pylint: disable=g-import-not-at-top
+  return checkpointing.load_init_variables(workdir)['params']
+
+
+def test_end_to_end_writes_results_and_compiles_once(data_root, tmp_path):
+  workdir = str(tmp_path / 'run')
+  summary = train.train_and_evaluate(tiny_config(data_root), workdir)
+  assert summary['train_step_traces'] == 1
+  assert summary['steps'] == 6
+  with open(os.path.join(workdir, 'results.json')) as f:
+    results = json.load(f)
+  for k in ('mAP', 'rank1', 'rank5', 'rank10', 'mINP'):
+    assert 0.0 <= results[k] <= 1.0
+  assert results['rank1'] <= results['rank5'] <= results['rank10']
+  rows = metrics_io.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
+  losses = [r['loss'] for r in rows if 'loss' in r]
+  assert len(losses) == 6 and all(np.isfinite(losses))
+  assert any('test/mAP' in r for r in rows)
+  assert os.path.exists(os.path.join(workdir, 'config.json'))
+
+
+def test_stop_and_resume_matches_uninterrupted_run(data_root, tmp_path):
+  full, split = str(tmp_path / 'full'), str(tmp_path / 'split')
+  a = train.train_and_evaluate(tiny_config(data_root), full)
+  # Stop mid-epoch (epoch 1, batch 1 of 3), then run the same command again.
+  stopped = train.train_and_evaluate(
+      tiny_config(data_root, stop_after_step=4), split)
+  assert stopped['stopped_at_step'] == 4
+  b = train.train_and_evaluate(tiny_config(data_root), split)
+  assert b['steps'] == a['steps'] == 6
+  pa, pb = _params(full), _params(split)
+  for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6,
+                               atol=1e-7)
+  for k in ('mAP', 'rank1', 'mINP'):
+    assert a[k] == pytest.approx(b[k], abs=1e-6)
+  np.testing.assert_allclose(_losses(full), _losses(split), rtol=1e-6)
+
+
+def _losses(workdir):
+  return [r['loss'] for r in metrics_io.read_jsonl(workdir + '/metrics.jsonl')
+          if 'loss' in r]
+
+
+def test_one_and_eight_devices_give_the_same_run(data_root, tmp_path):
+  """1 vs 8 devices with the same bn_group_size (groups straddle devices).
+
+  With SGD the whole loss curve and the test metrics agree to float rounding.
+  Adam is checked on its first update only: Adam's early steps are about
+  lr * sign(g), so gradients that are zero in exact arithmetic (directions
+  BatchNorm is invariant to) carry rounding noise whose sign depends on the
+  reduction order, and the curves then drift apart chaotically, as they would
+  between two GPUs of different models.
+  """
+  assert len(jax.devices()) == 8, 'conftest should emulate 8 CPU devices'
+  runs = {}
+  for optimizer, stop in (('sgd', 0), ('adam', 2)):
+    for n in (1, 8):
+      workdir = str(tmp_path / f'{optimizer}{n}')
+      c = tiny_config(data_root, **{'mesh.num_devices': n,
+                                    'model.bn_group_size': 4,
+                                    'optim.name': optimizer,
+                                    'num_epochs': 1,
+                                    'stop_after_step': stop})
+      runs[optimizer, n] = (train.train_and_evaluate(c, workdir),
+                            _losses(workdir))
+  (s1, l1), (s8, l8) = runs['sgd', 1], runs['sgd', 8]
+  assert len(l1) == 3
+  np.testing.assert_allclose(l1, l8, rtol=1e-5)
+  for k in ('mAP', 'rank1', 'mINP'):
+    assert s1[k] == pytest.approx(s8[k], abs=1e-4)
+  np.testing.assert_allclose(runs['adam', 1][1], runs['adam', 8][1],
+                             rtol=1e-4)
+
+
+def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(
+    data_root, tmp_path, monkeypatch):
+  original = supervised.Supervised.loss
+
+  def poisoned(self, params, state, images, batch, key):
+    loss, aux = original(self, params, state, images, batch, key)
+    bad = jnp.where(state.step >= 3, jnp.nan, 1.0)  # from the 4th step on
+    aux['metrics']['loss'] = aux['metrics']['loss'] * bad
+    return loss * bad, aux
+
+  monkeypatch.setattr(supervised.Supervised, 'loss', poisoned)
+  workdir = str(tmp_path / 'nan')
+  with pytest.raises(FloatingPointError, match=r'step 4 .*step 2\)'):
+    train.train_and_evaluate(tiny_config(data_root), workdir)
+  steps = sorted(int(d) for d in os.listdir(workdir + '/checkpoints')
+                 if d.isdigit())
+  assert steps == [2]
