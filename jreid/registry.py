@@ -21,6 +21,10 @@ _TABLE: dict[str, dict[str, str]] = {
     },
     'method': {
         'supervised': 'jreid.methods.supervised:Supervised',
+        'cluster_contrast': 'jreid.methods.cluster_contrast:ClusterContrast',
+        'cap': 'jreid.methods.cap:CAP',
+        'ice': 'jreid.methods.ice:ICE',
+        'icl': 'jreid.methods.icl:ICL',
     },
 }
 

@@ -1,0 +1,62 @@
+"""Cluster-Contrast (Dai et al., 2021; alibaba/cluster-contrast-reid), spec §2.
+
+Each epoch: eval-mode features of the train set -> Jaccard (k1=30, k2=6) ->
+DBSCAN (eps 0.6) -> centroid memory C[k] = normalize(mean of cluster k);
+outliers are left out of training. Each step:
+
+  f = normalize(BNNeck(GeM(x)))                             (B, D)
+  L = CE(f . C^T / 0.05, y)                                 memory gets no gradient
+
+then C[y_b] <- normalize(0.1 * C[y_b] + 0.9 * f_b), sequentially in batch
+order with the pre-update features, as the reference's custom backward does.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jreid import memory
+from jreid.data import augment
+from jreid.losses import contrastive
+from jreid.methods import clustering_base
+
+
+class ClusterContrast(clustering_base.ClusteringMethod):
+  """Cluster-level InfoNCE against a momentum-updated centroid memory."""
+
+  def __init__(self, config, train):
+    super().__init__(config, train)
+    self.view = augment.make_view(config.aug.train)
+
+  def empty_memory(self):
+    return {'features': np.zeros((self.capacity, self.feature_dim()),
+                                 np.float32),
+            'valid': np.zeros((self.capacity,), bool)}
+
+  def build_memory(self, features, labels, camids):
+    del camids
+    return memory.build_centroids(features, labels, self.capacity,
+                                  normalize=True)
+
+  def loss(self, params, state, images, batch, key):
+    m = self.config.method
+    x = self.view(images, key)
+    out, upd = self.model.apply(
+        {'params': params, 'batch_stats': state.batch_stats}, x, train=True,
+        mutable=['batch_stats'])
+    f = contrastive.l2_normalize(out['bn_feat'])
+    bank = state.extra['memory']
+    loss = contrastive.proxy_nce(f, bank['features'], bank['valid'],
+                                 batch['label'], m.temperature)
+    return loss, {'batch_stats': upd['batch_stats'],
+                  'metrics': {'loss': loss},
+                  'features': jax.lax.stop_gradient(f)}
+
+  def post_update(self, state, aux, batch):
+    extra = dict(state.extra)
+    extra['memory'] = memory.update_sequential(
+        extra['memory'], aux['features'], batch['label'],
+        self.config.method.memory_momentum)
+    return state.replace(extra=extra)

@@ -1,0 +1,130 @@
+"""Cluster-contrast, CAP, ICE and ICL through the real loop on tiny synthetic data.
+
+Each run is the full path (synthetic pedestrians -> features -> Jaccard +
+DBSCAN -> memories -> jitted step -> checkpoints -> evaluation) with tiny
+images, a tiny ResNet-18 and a few steps. eps is loose because the network
+is random.
+"""
+
+import importlib
+
+import jax
+import numpy as np
+import pytest
+
+from jreid import metrics_io
+from jreid import train
+from jreid.methods import clustering_base
+
+TINY_DATA = dict(num_train_ids=12, num_test_ids=6, num_distractors=6,
+                 num_junk=4, height=32, width=16)
+
+
+@pytest.fixture(scope='module')
+def data_root(tmp_path_factory):
+  return str(tmp_path_factory.mktemp('synthetic'))
+
+
+def tiny(method, root, **overrides):
+  c = importlib.import_module(f'jreid_configs.{method}').get_config('runlocal')
+  c.data.root = root
+  c.data.kwargs = TINY_DATA
+  c.data.image_size = (32, 16)
+  c.model.width = 8
+  c.sampler.batch_size = 16
+  c.num_epochs = 3
+  c.steps_per_epoch = 2
+  c.checkpoint_every_steps = 2
+  c.evals.every_epochs = 3
+  c.evals.batch_size = 32
+  c.mesh.num_devices = 1
+  c.method.eps = 0.5
+  c.method.min_samples = 2
+  c.method.k1 = 10
+  if 'num_negatives' in c.method:
+    c.method.num_negatives = 5
+  for k, v in overrides.items():
+    node = c
+    *path, last = k.split('.')
+    for p in path:
+      node = node[p]
+    node[last] = v
+  return c
+
+
+def _rows(workdir):
+  return metrics_io.read_jsonl(workdir + '/metrics.jsonl')
+
+
+@pytest.mark.parametrize('method', ['cluster_contrast', 'cap', 'ice', 'icl'])
+def test_method_trains_refreshes_and_compiles_once(method, data_root, tmp_path):
+  workdir = str(tmp_path / method)
+  summary = train.train_and_evaluate(tiny(method, data_root), workdir)
+  # Cluster counts differ between the 3 refreshes, the step compiles once.
+  assert summary['train_step_traces'] == 1
+  rows = _rows(workdir)
+  refreshes = [r for r in rows if 'refresh/num_clusters' in r]
+  assert len(refreshes) == 3
+  assert all(r['refresh/num_clusters'] >= 2 for r in refreshes)
+  assert all('refresh/nmi' in r and 'refresh/ari' in r for r in refreshes)
+  losses = [r['loss'] for r in rows if 'loss' in r]
+  assert len(losses) == 6 and np.all(np.isfinite(losses))
+  assert 0.0 <= summary['mAP'] <= 1.0
+
+
+def test_ice_resumes_mid_epoch_to_the_same_result(data_root, tmp_path):
+  full, split = str(tmp_path / 'full'), str(tmp_path / 'split')
+  a = train.train_and_evaluate(tiny('ice', data_root), full)
+  stopped = train.train_and_evaluate(
+      tiny('ice', data_root, stop_after_step=3), split)
+  assert stopped['stopped_at_step'] == 3   # epoch 1, after 1 of 2 steps
+  b = train.train_and_evaluate(tiny('ice', data_root), split)
+  la = [r['loss'] for r in _rows(full) if 'loss' in r]
+  lb = [r['loss'] for r in _rows(split) if 'loss' in r]
+  np.testing.assert_allclose(la, lb, rtol=1e-5)
+  # The resumed run must not re-cluster mid-epoch: 3 refreshes in total.
+  assert len([r for r in _rows(split) if 'refresh/num_clusters' in r]) == 3
+  assert a['mAP'] == pytest.approx(b['mAP'], abs=1e-6)
+
+
+def test_cap_on_one_and_eight_devices(data_root, tmp_path):
+  """SGD so rounding is not amplified (see tests/train_test.py)."""
+  curves = []
+  for n in (1, 8):
+    workdir = str(tmp_path / f'cap{n}')
+    c = tiny('cap', data_root, **{'mesh.num_devices': n, 'optim.name': 'sgd',
+                                  'num_epochs': 2})
+    train.train_and_evaluate(c, workdir)
+    curves.append([r['loss'] for r in _rows(workdir) if 'loss' in r])
+  np.testing.assert_allclose(curves[0], curves[1], rtol=1e-4)
+
+
+def test_no_cluster_at_first_refresh_is_a_clear_error(data_root, tmp_path):
+  c = tiny('cluster_contrast', data_root, **{'method.min_samples': 500})
+  with pytest.raises(clustering_base.ClusteringError,
+                     match='found 0 clusters .* Raise config.method.eps'):
+    train.train_and_evaluate(c, str(tmp_path / 'none'))
+
+
+def test_failed_refresh_keeps_previous_labels_then_stops(
+    data_root, tmp_path, monkeypatch):
+  from jreid import clustering  # pylint: disable=g-import-not-at-top
+  real = clustering.cluster
+  calls = []
+
+  def flaky(features, **kw):
+    out = real(features, **kw)
+    calls.append(1)
+    if len(calls) >= 2:  # from the 2nd refresh on, every point is an outlier
+      out.labels = (np.full_like(out.labels[0], -1),)
+    return out
+
+  monkeypatch.setattr(clustering, 'cluster', flaky)
+  workdir = str(tmp_path / 'flaky')
+  c = tiny('cluster_contrast', data_root, **{'method.max_failed_refreshes': 1})
+  with pytest.raises(clustering_base.ClusteringError, match='2 refreshes in a row'):
+    train.train_and_evaluate(c, workdir)
+  rows = [r for r in _rows(workdir) if 'refresh/num_clusters' in r]
+  assert [r.get('refresh/refresh_failed', 0) for r in rows] == [0, 1]
+  losses = [r['loss'] for r in _rows(workdir) if 'loss' in r]
+  assert len(losses) == 4  # epoch 1 trained on the kept labels
