@@ -1,0 +1,192 @@
+"""Tests for jreid.models.pretrained: torchvision-layout weights I/O."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jreid.models import build_model
+from jreid.models import export_torchvision
+from jreid.models import load_pretrained
+from jreid.models import pretrained
+from jreid.models import resnet
+
+X = jnp.asarray(np.random.default_rng(0).normal(size=(2, 32, 16, 3)),
+                jnp.float32)
+
+
+@pytest.fixture(scope='module')
+def r18():
+  """(model, source variables with random running stats, fresh variables)."""
+  model = build_model({'name': 'resnet18', 'width': 64, 'pooling': 'gem'}, 5)
+  init = jax.jit(lambda k: model.init({'params': k}, X, train=False))
+  src = init(jax.random.key(1))
+  rng = np.random.default_rng(1)
+  # Non-trivial running statistics, so that their mapping is tested too.
+  src['batch_stats'] = jax.tree.map(
+      lambda a: jnp.asarray(rng.uniform(0.5, 2., a.shape), jnp.float32),
+      src['batch_stats'])
+  return model, src, init(jax.random.key(2))
+
+
+def _assert_trees_equal(a, b):
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize('suffix', ['safetensors', 'npz'])
+def test_round_trip_resnet18(r18, tmp_path, suffix):
+  model, src, fresh = r18
+  path = tmp_path / f'r18.{suffix}'
+  export_torchvision(src, str(path))
+  loaded = load_pretrained(fresh, str(path), arch='resnet18')
+  for c in ('params', 'batch_stats'):
+    _assert_trees_equal(loaded[c]['backbone'], src[c]['backbone'])
+  # Only the backbone loads: GeM p, BNNeck and classifier keep their init.
+  _assert_trees_equal(loaded['params']['head'], fresh['params']['head'])
+  _assert_trees_equal(loaded['batch_stats']['head'],
+                      fresh['batch_stats']['head'])
+  assert not np.array_equal(fresh['params']['backbone']['conv1']['kernel'],
+                            src['params']['backbone']['conv1']['kernel'])
+  fwd = jax.jit(lambda v: model.apply(v, X, train=False)['feat'])
+  np.testing.assert_allclose(fwd(loaded), fwd(src), rtol=1e-6)
+
+
+def test_torchvision_layout_resnet18(r18):
+  _, src, _ = r18
+  state = pretrained.torchvision_state(src)
+  assert len(state) == 20 + 20 * 4  # convs + BNs x (w, b, mean, var).
+  kernel = np.asarray(src['params']['backbone']['conv1']['kernel'])  # HWIO
+  assert state['conv1.weight'].shape == (64, 3, 7, 7)
+  np.testing.assert_array_equal(state['conv1.weight'],
+                                kernel.transpose(3, 2, 0, 1))
+  np.testing.assert_array_equal(
+      state['layer2.0.downsample.1.running_var'],
+      src['batch_stats']['backbone']['layer2_0']['downsample_1']['var'])
+  assert state['layer4.1.conv2.weight'].shape == (512, 512, 3, 3)
+  assert state['layer2.0.downsample.0.weight'].shape == (128, 64, 1, 1)
+  assert not any(k.startswith('layer1.0.downsample') for k in state)
+
+
+def test_resnet50_ibn_a_key_naming_and_round_trip(tmp_path):
+  # Shapes only (no compile): random arrays in the eval_shape'd layout.
+  net = resnet.ResNet(arch='resnet50_ibn_a', width=64)
+  shapes = jax.eval_shape(lambda: net.init(
+      jax.random.key(0), jnp.zeros((1, 64, 32, 3)), train=False))
+  rng = np.random.default_rng(0)
+  src = jax.tree.map(lambda s: rng.normal(size=s.shape).astype(np.float32),
+                     shapes)
+  path = tmp_path / 'r50_ibn_a.safetensors'
+  export_torchvision(src, str(path))
+  state = pretrained.read_state_dict(str(path))
+  assert len(state) == 53 + 53 * 4 + 13 * 2  # IN adds weight+bias, no stats.
+  assert state['layer1.0.bn1.IN.weight'].shape == (32,)
+  assert state['layer1.0.bn1.BN.running_var'].shape == (32,)
+  assert state['layer3.5.bn1.IN.bias'].shape == (128,)
+  assert state['layer4.0.bn1.weight'].shape == (512,)
+  assert 'layer4.0.bn1.IN.weight' not in state
+  assert 'layer1.0.bn1.IN.running_mean' not in state
+  assert state['layer4.0.conv2.weight'].shape == (512, 512, 3, 3)
+  zeros = jax.tree.map(lambda s: np.zeros(s.shape, np.float32), shapes)
+  _assert_trees_equal(load_pretrained(zeros, str(path),
+                                      arch='resnet50_ibn_a'), src)
+
+
+def _save(state, path):
+  np.savez(path, **state)
+  return str(path)
+
+
+def test_missing_keys_fail_loudly(r18, tmp_path):
+  _, src, fresh = r18
+  state = pretrained.torchvision_state(src)
+  dropped = sorted(state)[:7]
+  for k in dropped:
+    del state[k]
+  path = _save(state, tmp_path / 'partial.npz')
+  with pytest.raises(ValueError, match='missing keys') as e:
+    load_pretrained(fresh, path, arch='resnet18')
+  msg = str(e.value)
+  assert path in msg and '(7)' in msg and dropped[0] in msg
+
+
+def test_shape_mismatch_and_unexpected_keys(r18, tmp_path):
+  _, src, fresh = r18
+  state = pretrained.torchvision_state(src)
+  state['bn1.weight'] = np.ones(32, np.float32)
+  state['layer5.0.conv1.weight'] = np.ones((1, 1, 1, 1), np.float32)
+  path = _save(state, tmp_path / 'bad.npz')
+  with pytest.raises(ValueError) as e:
+    load_pretrained(fresh, path, arch='resnet18')
+  msg = str(e.value)
+  assert 'bn1.weight: file (32,) vs model (64,)' in msg
+  assert 'unexpected keys' in msg and 'layer5.0.conv1.weight' in msg
+
+
+def test_prefixes_fc_and_counters_are_ignored(r18, tmp_path):
+  _, src, fresh = r18
+  state = {'module.' + k: v for k, v in
+           pretrained.torchvision_state(src).items()}
+  state['module.fc.weight'] = np.zeros((1000, 512), np.float32)
+  state['fc.bias'] = np.zeros((1000,), np.float32)
+  state['module.bn1.num_batches_tracked'] = np.array(7)
+  loaded = load_pretrained(fresh, _save(state, tmp_path / 'dp.npz'),
+                           arch='resnet18')
+  _assert_trees_equal(loaded['params']['backbone'],
+                      src['params']['backbone'])
+
+
+def test_width_and_arch_checks(r18, tmp_path):
+  _, src, fresh = r18
+  path = str(tmp_path / 'r18.npz')
+  export_torchvision(src, path)
+  tiny = build_model({'name': 'resnet18', 'width': 8}, 0)
+  tiny_vars = jax.tree.map(
+      lambda s: np.zeros(s.shape, np.float32),
+      jax.eval_shape(lambda: tiny.init({'params': jax.random.key(0)}, X,
+                                       train=False)))
+  with pytest.raises(ValueError, match='model.width=64'):
+    load_pretrained(tiny_vars, path, arch='resnet18')
+  with pytest.raises(ValueError, match="not a 'resnet34' backbone"):
+    load_pretrained(fresh, path, arch='resnet34')
+  with pytest.raises(ValueError, match='resnet50_ibn_a'):
+    load_pretrained(fresh, path, arch='resnet152')
+
+
+def test_file_errors(r18, tmp_path):
+  _, _, fresh = r18
+  with pytest.raises(FileNotFoundError, match='nowhere.npz'):
+    load_pretrained(fresh, str(tmp_path / 'nowhere.npz'), arch='resnet18')
+  odd = tmp_path / 'weights.h5'
+  odd.write_bytes(b'')
+  with pytest.raises(ValueError, match='unknown weights format'):
+    load_pretrained(fresh, str(odd), arch='resnet18')
+  with pytest.raises(ValueError, match='.npz or .safetensors'):
+    export_torchvision(fresh, str(tmp_path / 'out.pth'))
+
+
+@pytest.mark.skipif(importlib.util.find_spec('torch') is not None,
+                    reason='torch is installed')
+def test_pth_without_torch_says_how_to_convert(r18, tmp_path):
+  _, _, fresh = r18
+  pth = tmp_path / 'resnet50_ibn_a.pth.tar'
+  pth.write_bytes(b'not really a checkpoint')
+  with pytest.raises(ValueError, match='needs PyTorch'):
+    load_pretrained(fresh, str(pth), arch='resnet18')
+
+
+def test_pth_with_torch(r18, tmp_path):
+  torch = pytest.importorskip('torch')
+  _, src, fresh = r18
+  state = {'module.' + k: torch.from_numpy(v)
+           for k, v in pretrained.torchvision_state(src).items()}
+  path = tmp_path / 'ckpt.pth.tar'
+  torch.save({'state_dict': state, 'epoch': 3}, str(path))
+  loaded = load_pretrained(fresh, str(path), arch='resnet18')
+  _assert_trees_equal(loaded['params']['backbone'],
+                      src['params']['backbone'])
