@@ -218,7 +218,11 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   logging.info('training %s: %d epochs x %d steps, batch %d, from step %d',
                config.method.name, config.num_epochs, spe,
                config.sampler.batch_size, start_step)
-  results, best = {}, {}
+  results, best, initial = {}, {}, {}
+  if start_step == 0 and config.evals.get('at_start', False):
+    initial = evaluator.run(method.eval_variables(state))  # untrained floor
+    writer.write(0, {f'test/{k}': v for k, v in initial.items()})
+    logging.info('untrained test: %s', evaluator_lib.format(initial))
   t_start = time.time()
   for epoch in range(start_step // spe, config.num_epochs):
     pos0 = start_step - epoch * spe if epoch == start_step // spe else 0
@@ -281,6 +285,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     best = best or dict(results, epoch=config.num_epochs - 1)
   summary = dict(results)
   summary.update({f'best_{k}': v for k, v in best.items()})
+  summary.update({f'initial_{k}': v for k, v in initial.items()})
   summary.update(steps=int(state.step), epochs=config.num_epochs,
                  train_seconds=time.time() - t_start,
                  train_step_traces=step_fn.traces)

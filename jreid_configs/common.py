@@ -60,6 +60,20 @@ def parse_arg(arg: str | None, **defaults) -> mlc.ConfigDict:
   return out
 
 
+def override(c: mlc.ConfigDict, **dotted) -> mlc.ConfigDict:
+  """Sets 'a.b.c'-named fields, as --config.a.b.c=value does on the CLI.
+
+  For launchers and notebooks: override(c, **{'optim.lr': 1e-3}).
+  """
+  for key, value in dotted.items():
+    node = c
+    *path, last = key.split('.')
+    for name in path:
+      node = node[name]
+    node[last] = value
+  return c
+
+
 def base_config(dataset: str) -> mlc.ConfigDict:
   """The defaults every method starts from (reference values, §1 of the spec)."""
   c = mlc.ConfigDict()
@@ -112,6 +126,7 @@ def base_config(dataset: str) -> mlc.ConfigDict:
 
   c.evals = mlc.ConfigDict()
   c.evals.every_epochs = 10
+  c.evals.at_start = False  # also evaluate the untrained network (step 0)
   c.evals.batch_size = 128
   c.evals.metric = 'euclidean'
   c.evals.flip = False

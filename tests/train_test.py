@@ -15,6 +15,7 @@ import pytest
 
 from jreid import metrics_io
 from jreid import train
+from jreid_configs import common
 from jreid.methods import supervised
 from jreid_configs import supervised as supervised_config
 
@@ -39,13 +40,7 @@ def tiny_config(root, **overrides):
   c.checkpoint_every_steps = 2
   c.evals.batch_size = 32
   c.mesh.num_devices = 1
-  for k, v in overrides.items():
-    node = c
-    *path, last = k.split('.')
-    for p in path:
-      node = node[p]
-    node[last] = v
-  return c
+  return common.override(c, **overrides)
 
 
 def _params(workdir):

@@ -115,6 +115,13 @@ class Method:
     """Returns (scalar loss, aux); aux['batch_stats'] and aux['metrics']."""
     raise NotImplementedError
 
+  def forward_train(self, params: PyTree, state: TrainState, x: jax.Array):
+    """Train-mode forward of the online model: (outputs, new batch stats)."""
+    out, updates = self.model.apply(
+        {'params': params, 'batch_stats': state.batch_stats}, x, train=True,
+        mutable=['batch_stats'])
+    return out, updates['batch_stats']
+
   def post_update(self, state: TrainState, aux: dict[str, Any],
                   batch: dict[str, jax.Array]) -> TrainState:
     del aux, batch

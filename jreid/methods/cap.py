@@ -58,9 +58,7 @@ class CAP(clustering_base.ClusteringMethod):
   def loss(self, params, state, images, batch, key):
     m = self.config.method
     x = self.view(images, key)
-    out, upd = self.model.apply(
-        {'params': params, 'batch_stats': state.batch_stats}, x, train=True,
-        mutable=['batch_stats'])
+    out, new_stats = self.forward_train(params, state, x)
     f = contrastive.l2_normalize(out['bn_feat'])
     p = state.extra['memory']['proxies']
     proxy = batch['label']               # the sampler's labels are proxies
@@ -76,7 +74,7 @@ class CAP(clustering_base.ClusteringMethod):
     epoch = state.step // self.steps_per_epoch
     inter = jnp.where(epoch >= m.crosscam_epoch, inter, 0.0)
     loss = intra + inter
-    return loss, {'batch_stats': upd['batch_stats'],
+    return loss, {'batch_stats': new_stats,
                   'metrics': {'loss': loss, 'loss_intra': intra,
                               'loss_inter': inter},
                   'features': jax.lax.stop_gradient(f)}

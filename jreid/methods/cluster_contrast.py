@@ -43,14 +43,12 @@ class ClusterContrast(clustering_base.ClusteringMethod):
   def loss(self, params, state, images, batch, key):
     m = self.config.method
     x = self.view(images, key)
-    out, upd = self.model.apply(
-        {'params': params, 'batch_stats': state.batch_stats}, x, train=True,
-        mutable=['batch_stats'])
+    out, new_stats = self.forward_train(params, state, x)
     f = contrastive.l2_normalize(out['bn_feat'])
     bank = state.extra['memory']
     loss = contrastive.proxy_nce(f, bank['features'], bank['valid'],
                                  batch['label'], m.temperature)
-    return loss, {'batch_stats': upd['batch_stats'],
+    return loss, {'batch_stats': new_stats,
                   'metrics': {'loss': loss},
                   'features': jax.lax.stop_gradient(f)}
 

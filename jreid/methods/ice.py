@@ -85,9 +85,7 @@ class ICE(clustering_base.ClusteringMethod):
     ks = jax.random.split(key, 6)
     x1, x2 = self.strong(images, ks[0]), self.strong(images, ks[1])
     xw = self.weak(images, ks[2])
-    out, upd = self.model.apply(
-        {'params': params, 'batch_stats': state.batch_stats}, x1, train=True,
-        mutable=['batch_stats'])
+    out, new_stats = self.forward_train(params, state, x1)
     f1 = out['bn_feat']
     ema = state.extra['ema']
     bs = ema['batch_stats']
@@ -103,12 +101,7 @@ class ICE(clustering_base.ClusteringMethod):
           f1, c['features'], c['valid'], labels, m.tau_agnostic,
           normalize_feats=False, label_smoothing=m.agnostic_label_smoothing)
       if m.camera_aware:
-        p = bank['proxies']
-        terms['loss_cross'] = camera.cross_camera_proxy_loss(
-            f1, p['features'], p['valid'], p['cluster'], labels,
-            batch['camid'], temperature=m.tau_cross,
-            num_negatives=m.num_negatives, weight=m.cross_weight,
-            proxy_norm=m.cross_proxy_norm, num_cameras=self.num_cameras)
+        terms['loss_cross'] = self.cross_camera_term(f1, bank, batch)
     if m.use_hard_instance:
       terms['loss_hard_instance'] = m.hard_weight * contrastive.hard_instance_loss(
           f1, m2, labels, temperature=m.tau_hard)
@@ -118,8 +111,17 @@ class ICE(clustering_base.ClusteringMethod):
           weight=m.soft_weight)
     loss = sum(terms.values())
     metrics = dict(terms, loss=loss)
-    return loss, {'batch_stats': upd['batch_stats'], 'metrics': metrics,
+    return loss, {'batch_stats': new_stats, 'metrics': metrics,
                   'ema_batch_stats': bs}
+
+  def cross_camera_term(self, f1, bank, batch):
+    """L_cross: f1 against the frozen camera proxies (spec §5.6, §13.1)."""
+    m, p = self.config.method, bank['proxies']
+    return camera.cross_camera_proxy_loss(
+        f1, p['features'], p['valid'], p['cluster'], batch['label'],
+        batch['camid'], temperature=m.tau_cross,
+        num_negatives=m.num_negatives, weight=m.cross_weight,
+        proxy_norm=m.cross_proxy_norm, num_cameras=self.num_cameras)
 
   def post_update(self, state, aux, batch):
     del batch

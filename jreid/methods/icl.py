@@ -20,7 +20,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jreid.losses import camera
 from jreid.losses import contrastive
 from jreid.methods import ice
 
@@ -32,9 +31,7 @@ class ICL(ice.ICE):
     m = self.config.method
     ks = jax.random.split(key, 3)
     x1, x2 = self.strong(images, ks[0]), self.strong(images, ks[1])
-    out, upd = self.model.apply(
-        {'params': params, 'batch_stats': state.batch_stats}, x1, train=True,
-        mutable=['batch_stats'])
+    out, new_stats = self.forward_train(params, state, x1)
     f1 = out['bn_feat']
     ema = state.extra['ema']
     k2, bs = self.momentum_forward(ema, ema['batch_stats'], x2, ks[2])
@@ -50,12 +47,7 @@ class ICL(ice.ICE):
       terms['loss_hard_instance'] = contrastive.hard_instance_loss(
           f1, k2, labels, temperature=m.tau_hard)
     if m.camera_aware:
-      p = bank['proxies']
-      terms['loss_cross'] = camera.cross_camera_proxy_loss(
-          f1, p['features'], p['valid'], p['cluster'], labels,
-          batch['camid'], temperature=m.tau_cross,
-          num_negatives=m.num_negatives, weight=m.cross_weight,
-          proxy_norm=m.cross_proxy_norm, num_cameras=self.num_cameras)
+      terms['loss_cross'] = self.cross_camera_term(f1, bank, batch)
     loss = sum(terms.values())
-    return loss, {'batch_stats': upd['batch_stats'],
+    return loss, {'batch_stats': new_stats,
                   'metrics': dict(terms, loss=loss), 'ema_batch_stats': bs}

@@ -47,9 +47,7 @@ class Supervised(base.Method):
   def loss(self, params, state, images, batch, key):
     m = self.config.method
     x = self.view(images, key)
-    out, updates = self.model.apply(
-        {'params': params, 'batch_stats': state.batch_stats}, x, train=True,
-        mutable=['batch_stats'])
+    out, new_stats = self.forward_train(params, state, x)
     labels = batch['label']
     ce = classification.cross_entropy_label_smooth(
         out['logits'], labels, epsilon=m.ce_epsilon)
@@ -59,4 +57,4 @@ class Supervised(base.Method):
     acc = jnp.mean(jnp.argmax(out['logits'], -1) == labels)
     metrics = {'loss': loss, 'loss_ce': ce, 'loss_triplet': tri,
                'train_acc': acc}
-    return loss, {'batch_stats': updates['batch_stats'], 'metrics': metrics}
+    return loss, {'batch_stats': new_stats, 'metrics': metrics}

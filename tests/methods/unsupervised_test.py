@@ -14,6 +14,7 @@ import pytest
 
 from jreid import metrics_io
 from jreid import train
+from jreid_configs import common
 from jreid.methods import clustering_base
 
 TINY_DATA = dict(num_train_ids=12, num_test_ids=6, num_distractors=6,
@@ -43,13 +44,7 @@ def tiny(method, root, **overrides):
   c.method.k1 = 10
   if 'num_negatives' in c.method:
     c.method.num_negatives = 5
-  for k, v in overrides.items():
-    node = c
-    *path, last = k.split('.')
-    for p in path:
-      node = node[p]
-    node[last] = v
-  return c
+  return common.override(c, **overrides)
 
 
 def _rows(workdir):
