@@ -52,6 +52,8 @@ def get_config(arg: str | None = None):
 
   if a.dataset == 'synthetic':
     common.apply_synthetic_unsupervised(c)
+    c.num_epochs = 40
+    c.evals.every_epochs = 10
     c.method.crosscam_epoch = 2
   if a.runlocal:
     common.apply_runlocal(c)

@@ -137,3 +137,16 @@ def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(
   steps = sorted(int(d) for d in os.listdir(workdir + '/checkpoints')
                  if d.isdigit())
   assert steps == [2]
+
+
+def test_grain_path_gives_the_same_losses_as_device_table(data_root, tmp_path):
+  """in_memory=False streams the sampler's batches from disk through grain."""
+  curves = []
+  for in_memory in (True, False):
+    workdir = str(tmp_path / f'mem{in_memory}')
+    c = tiny_config(data_root, **{'data.in_memory': in_memory,
+                                  'num_epochs': 1})
+    summary = train.train_and_evaluate(c, workdir)
+    assert summary['train_step_traces'] == 1
+    curves.append(_losses(workdir))
+  np.testing.assert_allclose(curves[0], curves[1], rtol=1e-6)
