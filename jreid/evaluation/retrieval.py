@@ -237,6 +237,29 @@ def evaluate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50,
   return _evaluate(blocks(), m, max_rank, return_per_query)
 
 
+def evaluate_blocks(blocks: Iterable[tuple[int, np.ndarray]], q_pids,
+                    g_pids, q_camids, g_camids, *, max_rank: int = 50,
+                    return_per_query: bool = False) -> dict:
+  """`evaluate` over a matrix given as (start, (b, G) rows) blocks.
+
+  For distances that are themselves computed block by block, such as
+  k-reciprocal re-ranking at MSMT17 size (jreid.evaluation.rerank.
+  k_reciprocal_blocks): each block is ranked and dropped, so the (Q, G)
+  matrix never exists. Blocks must cover the queries in order.
+  """
+  keep, m = _prepare(q_pids, g_pids, q_camids, g_camids, len(q_pids),
+                     len(g_pids), max_rank)
+  has_junk = len(keep) < len(g_pids)
+
+  def junk_free():
+    for start, block in blocks:
+      block = np.asarray(block)
+      block = np.take(block, keep, axis=1) if has_junk else block
+      yield start, _float_block(block)
+
+  return _evaluate(junk_free(), m, max_rank, return_per_query)
+
+
 def evaluate_features(q_feats: jax.Array | np.ndarray,
                       g_feats: jax.Array | np.ndarray, q_pids, g_pids,
                       q_camids, g_camids, *,

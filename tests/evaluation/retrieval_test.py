@@ -246,3 +246,17 @@ def test_evaluate_features_matches_reference_on_float_features():
     np.testing.assert_allclose(got['cmc'], cmc, atol=1e-12)
     assert got['mAP'] == pytest.approx(m_ap, abs=1e-12)
     assert got['mINP'] == pytest.approx(m_inp, abs=1e-12)
+
+
+def test_evaluate_blocks_equals_evaluate_with_junk():
+  rng = np.random.default_rng(7)
+  q, g = 13, 40
+  dist = rng.random((q, g)).astype(np.float32)
+  q_pids, q_cams = rng.integers(1, 5, q), rng.integers(0, 3, q)
+  g_pids, g_cams = rng.integers(-1, 5, g), rng.integers(0, 3, g)
+  whole = retrieval.evaluate(dist, q_pids, g_pids, q_cams, g_cams, max_rank=5)
+  blocks = ((s, dist[s:s + 4]) for s in range(0, q, 4))
+  parts = retrieval.evaluate_blocks(blocks, q_pids, g_pids, q_cams, g_cams,
+                                    max_rank=5)
+  assert parts['mAP'] == whole['mAP'] and parts['mINP'] == whole['mINP']
+  np.testing.assert_array_equal(parts['cmc'], whole['cmc'])
