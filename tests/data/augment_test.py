@@ -15,6 +15,7 @@ from PIL import Image, ImageFilter
 import pytest
 
 from jreid.data import augment
+from jreid.data import pil_blur
 
 MEAN = np.array(augment.MEAN, np.float32)
 STD = np.array(augment.STD, np.float32)
@@ -95,8 +96,8 @@ def test_blur_matches_pil_gaussian_blur():
   with PIL's fixed-point arithmetic: the only differences come from float32
   rounding of the box radius under XLA (at most 1 gray level, rare pixels).
   """
-  blur = jax.jit(lambda im, s: augment.pil_gaussian_blur(
-      im, s, max_radius=augment._max_box_radius(2.0)))
+  blur = jax.jit(lambda im, s: pil_blur.pil_gaussian_blur(
+      im, s, max_radius=pil_blur.max_box_radius(2.0)))
   diffs = []
   for sigma in [0.1, 0.3, 0.55, 0.8, 1.0, 1.3, 1.7, 1.99]:
     sigma = float(np.float32(sigma))
