@@ -19,6 +19,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from jreid.data.records import DatasetError
+from jreid.data.records import ReidDataset
 from jreid.data.records import Split
 
 # Market-1501 ships Windows `Thumbs.db` files inside its image folders; only
@@ -195,3 +196,19 @@ def parse_folder(folder: str, pattern: re.Pattern[str], *, num_cams: int,
   check_range(pids, -1, max_pid, 'pid', paths)
   check_range(cams, 1, num_cams, 'camera', paths)
   return build_split(paths, pids, cams - 1, keep_junk=keep_junk, where=folder)
+
+
+def load_market_layout(root: str, candidates, split_folders, pattern, *,
+                       name: str, num_cams: int, max_pid, example: str):
+  """Market-style train/query/gallery folders -> ReidDataset.
+
+  Shared by Market-1501, DukeMTMC-reID and Market-style repackagings: junk
+  (pid -1) is kept only in the gallery, where the evaluator ignores it.
+  """
+  folder = find_root(root, candidates, split_folders, name)
+  splits = {}
+  for split, sub in zip(('train', 'query', 'gallery'), split_folders):
+    splits[split] = parse_folder(
+        f'{folder}/{sub}', pattern, num_cams=num_cams, max_pid=max_pid,
+        keep_junk=split == 'gallery', example=example)
+  return ReidDataset(name=name, root=folder, **splits)

@@ -51,10 +51,6 @@ def load(root: str, *, name: str = 'market1501', num_cams: int = 6,
   Raises:
     DatasetError: unknown layout, unparsable file name, empty split.
   """
-  folder = common.find_root(root, CANDIDATES, SPLIT_FOLDERS, name)
-  splits = {}
-  for split, sub in zip(('train', 'query', 'gallery'), SPLIT_FOLDERS):
-    splits[split] = common.parse_folder(
-        f'{folder}/{sub}', PATTERN, num_cams=num_cams, max_pid=max_pid,
-        keep_junk=split == 'gallery', example=EXAMPLE)
-  return ReidDataset(name=name, root=folder, **splits)
+  return common.load_market_layout(
+      root, CANDIDATES, SPLIT_FOLDERS, PATTERN, name=name, num_cams=num_cams,
+      max_pid=max_pid, example=EXAMPLE)
