@@ -60,6 +60,7 @@ def get_config(arg: str | None = None):
       cross_proxy_norm='code',   # §13.1; 'proxy' = per-proxy (paper) form
       tau_hard=0.1, hard_weight=1.0,
       tau_soft=0.4, soft_weight=10.0, kl_direction='code',  # 'paper' = KL(P||Q)
+      use_intra_camera=False,    # CAP's loss, commented out in ICE's code
       ema_momentum=0.999, memory_capacity=0, proxy_capacity=0,
       max_failed_refreshes=3)
   c.aug.strong = 'ice_strong'

@@ -59,6 +59,7 @@ class ICE(clustering_base.ClusteringMethod):
                          'valid': np.zeros((p,), bool),
                          'cluster': np.full((p,), -1, np.int32),
                          'camera': np.full((p,), -1, np.int32)}
+      bank['sample_proxy'] = np.full((len(self.train),), -1, np.int32)
     return bank
 
   def build_memory(self, features, labels, camids):
@@ -66,8 +67,9 @@ class ICE(clustering_base.ClusteringMethod):
         features, labels, self.capacity,
         normalize=self.config.method.get('normalize_centroids', False))}
     if self.config.method.camera_aware:
-      bank['proxies'], _ = memory.build_camera_proxies(
+      bank['proxies'], sample_proxy = memory.build_camera_proxies(
           features, labels, camids, self.proxy_capacity)
+      bank['sample_proxy'] = sample_proxy.astype(np.int32)
     return bank
 
   # -------------------------------------------------------------- the step
@@ -102,6 +104,14 @@ class ICE(clustering_base.ClusteringMethod):
           normalize_feats=False, label_smoothing=m.agnostic_label_smoothing)
       if m.camera_aware:
         terms['loss_cross'] = self.cross_camera_term(f1, bank, batch)
+      if m.camera_aware and m.get('use_intra_camera', False):
+        # CAP's intra-camera proxy loss: in ICE's code but commented out
+        # (spec §5.6); off by default, a switch for from-scratch training.
+        p = bank['proxies']
+        terms['loss_intra'] = camera.intra_camera_proxy_loss(
+            f1, p['features'], p['valid'], p['camera'],
+            bank['sample_proxy'][batch['index']], batch['camid'],
+            temperature=m.tau_cross, num_cameras=self.num_cameras)
     if m.use_hard_instance:
       terms['loss_hard_instance'] = m.hard_weight * contrastive.hard_instance_loss(
           f1, m2, labels, temperature=m.tau_hard)

@@ -123,3 +123,13 @@ def test_failed_refresh_keeps_previous_labels_then_stops(
   assert [r.get('refresh/refresh_failed', 0) for r in rows] == [0, 1]
   losses = [r['loss'] for r in _rows(workdir) if 'loss' in r]
   assert len(losses) == 4  # epoch 1 trained on the kept labels
+
+
+def test_ice_intra_camera_switch_adds_caps_loss(data_root, tmp_path):
+  workdir = str(tmp_path / 'ice_intra')
+  c = tiny('ice', data_root, **{'method.use_intra_camera': True,
+                                'num_epochs': 1, 'evals.every_epochs': 1})
+  summary = train.train_and_evaluate(c, workdir)
+  assert summary['train_step_traces'] == 1
+  intra = [r['loss_intra'] for r in _rows(workdir) if 'loss_intra' in r]
+  assert len(intra) == 2 and np.all(np.isfinite(intra)) and min(intra) > 0
