@@ -10,33 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import loss_testlib
+
 from jreid import memory
 from jreid.losses import camera
-
-
-def _normalize(x, axis=-1):
-  return x / np.linalg.norm(x, axis=axis, keepdims=True)
-
-
-def _log_softmax(z):
-  z = z - z.max(-1, keepdims=True)
-  return z - np.log(np.exp(z).sum(-1, keepdims=True))
-
-
-def _fd_grad(fn, x, h=1e-6):
-  x = np.array(x, np.float64)
-  g = np.zeros_like(x)
-  for i in np.ndindex(x.shape):
-    e = np.zeros_like(x)
-    e[i] = h
-    g[i] = (fn(x + e) - fn(x - e)) / (2 * h)
-  return g
-
-
-def _check_grad(loss_fn, ref_fn, x):
-  with jax.enable_x64(True):
-    got = jax.jit(jax.grad(loss_fn))(jnp.asarray(x, jnp.float64))
-  np.testing.assert_allclose(got, _fd_grad(ref_fn, x), rtol=1e-4, atol=1e-7)
 
 
 def _setup(seed, n=80, d=6, k=6, cams=4, b=16, capacity=48):
@@ -68,8 +45,8 @@ def _cross_ref(feats, bank, labels, camids, mask, tau, knn, weight, norm):
   v = bank['features'][real].astype(np.float64)
   cluster = bank['cluster'][real]
   # ICE: F.normalize(percam_tempV.t()) normalises over proxies, per dim.
-  v = _normalize(v, axis=0) if norm == 'code' else _normalize(v, axis=1)
-  f = _normalize(feats)
+  v = loss_testlib.normalize(v, axis=0 if norm == 'code' else 1)
+  f = loss_testlib.normalize(feats)
   ok = mask & (labels >= 0)
   loss = 0.0
   for c in np.unique(camids[ok]):
@@ -86,7 +63,7 @@ def _cross_ref(feats, bank, labels, camids, mask, tau, knn, weight, norm):
       z = np.concatenate([sims[r, pos], sims[r, sel]]) / tau
       target = np.zeros(len(z))
       target[:len(pos)] = 1.0 / len(pos)
-      associate += -(_log_softmax(z) * target).sum()
+      associate += -(loss_testlib.log_softmax(z) * target).sum()
     loss += weight * associate / len(inds)
   return loss
 
@@ -106,7 +83,7 @@ def test_cross_camera_matches_reference(norm, knn):
                           camids=batch['camids'], mask=batch['mask'],
                           tau=0.07, knn=knn, weight=0.5, norm=norm)
   np.testing.assert_allclose(got, ref(batch['feats']), rtol=1e-5)
-  _check_grad(lambda f: loss(f, *args), ref, batch['feats'])
+  loss_testlib.check_grad(lambda f: loss(f, *args), ref, batch['feats'])
   g = jax.jit(jax.grad(loss, argnums=1))(
       batch['feats'].astype(np.float32), *args)
   np.testing.assert_array_equal(g, 0.0)
@@ -142,7 +119,7 @@ def test_cross_camera_is_sum_over_cameras_not_mean():
 
 def _intra_ref(feats, bank, proxy, camids, mask, tau):
   """CAP's intra-camera CE against U_c with the within-camera index."""
-  f = _normalize(feats)
+  f = loss_testlib.normalize(feats)
   ok = mask & (proxy >= 0)
   loss = 0.0
   for c in np.unique(camids[ok]):
@@ -150,7 +127,7 @@ def _intra_ref(feats, bank, proxy, camids, mask, tau):
     in_cam = np.flatnonzero(bank['valid'] & (bank['camera'] == c))
     u = bank['features'][in_cam].astype(np.float64)
     mapped = [np.flatnonzero(in_cam == proxy[b])[0] for b in inds]
-    logp = _log_softmax(f[inds] @ u.T / tau)
+    logp = loss_testlib.log_softmax(f[inds] @ u.T / tau)
     loss += -np.mean(logp[np.arange(len(inds)), mapped])
   return loss
 
@@ -166,7 +143,7 @@ def test_intra_camera_matches_reference():
                           camids=batch['camids'], mask=batch['mask'],
                           tau=0.07)
   np.testing.assert_allclose(got, ref(batch['feats']), rtol=1e-5)
-  _check_grad(lambda f: loss(f, *args), ref, batch['feats'])
+  loss_testlib.check_grad(lambda f: loss(f, *args), ref, batch['feats'])
 
 
 def test_no_valid_row_gives_zero_and_finite_gradient():

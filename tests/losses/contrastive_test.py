@@ -11,48 +11,23 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import loss_testlib
+
 from jreid.losses import classification
 from jreid.losses import contrastive
-
-
-def _normalize(x):
-  return x / np.linalg.norm(x, axis=-1, keepdims=True)
-
-
-def _log_softmax(z):
-  z = z - z.max(-1, keepdims=True)
-  return z - np.log(np.exp(z).sum(-1, keepdims=True))
-
-
-def _fd_grad(fn, x, h=1e-6):
-  """Central finite differences of a scalar numpy function, float64."""
-  x = np.array(x, np.float64)
-  g = np.zeros_like(x)
-  for i in np.ndindex(x.shape):
-    e = np.zeros_like(x)
-    e[i] = h
-    g[i] = (fn(x + e) - fn(x - e)) / (2 * h)
-  return g
-
-
-def _check_grad(loss_fn, ref_fn, x):
-  """jax.grad in float64 vs finite differences of the numpy reference."""
-  with jax.enable_x64(True):
-    got = jax.jit(jax.grad(loss_fn))(jnp.asarray(x, jnp.float64))
-  np.testing.assert_allclose(got, _fd_grad(ref_fn, x), rtol=1e-4, atol=1e-7)
 
 
 # ---------------------------------------------------------------- proxy_nce
 def _proxy_nce_ref(feats, memory, valid, labels, tau, normalize, eps, mask):
   """LSCE over the K valid memory rows, mean over valid samples."""
-  f = _normalize(feats) if normalize else feats
+  f = loss_testlib.normalize(feats) if normalize else feats
   rows = np.flatnonzero(valid)
   c = memory[rows]
   losses = []
   for b in range(len(f)):
     if labels[b] < 0 or not mask[b]:
       continue
-    logp = _log_softmax(f[b] @ c.T / tau)
+    logp = loss_testlib.log_softmax(f[b] @ c.T / tau)
     q = np.full(len(rows), eps / len(rows))
     q[np.flatnonzero(rows == labels[b])[0]] += 1 - eps
     losses.append(-(q * logp).sum())
@@ -90,7 +65,7 @@ def test_proxy_nce_matches_reference(normalize, eps, tau, scale):
   want = _proxy_nce_ref(feats, memory, valid, labels, tau, normalize, eps,
                         mask)
   np.testing.assert_allclose(got, want, rtol=1e-5)
-  _check_grad(lambda f: loss(f, memory, valid, labels),
+  loss_testlib.check_grad(lambda f: loss(f, memory, valid, labels),
               lambda f: _proxy_nce_ref(f, memory, valid, labels, tau,
                                        normalize, eps, mask), feats)
   # The memory gets no gradient.
@@ -101,8 +76,8 @@ def test_proxy_nce_matches_reference(normalize, eps, tau, scale):
 
 def test_proxy_nce_without_padding_is_plain_cross_entropy():
   rng = np.random.default_rng(1)
-  f = _normalize(rng.normal(size=(8, 5))).astype(np.float32)
-  c = _normalize(rng.normal(size=(6, 5))).astype(np.float32)
+  f = loss_testlib.normalize(rng.normal(size=(8, 5))).astype(np.float32)
+  c = loss_testlib.normalize(rng.normal(size=(6, 5))).astype(np.float32)
   y = rng.integers(0, 6, 8)
   got = jax.jit(contrastive.proxy_nce, static_argnames='label_smoothing')(
       f, c, np.ones(6, bool), y, 0.05, label_smoothing=0.1)
@@ -113,26 +88,26 @@ def test_proxy_nce_without_padding_is_plain_cross_entropy():
 # ---------------------------------------------------------- hard instance
 def _hard_ref(q, k, labels, tau, mask):
   """Spec §5.4 read row by row on the valid samples."""
-  s = _normalize(q) @ _normalize(k).T
+  s = loss_testlib.normalize(q) @ loss_testlib.normalize(k).T
   valid = (labels >= 0) & mask
   losses = []
   for i in np.flatnonzero(valid):
     pos = [s[i, j] for j in np.flatnonzero(valid) if labels[j] == labels[i]]
     neg = [s[i, j] for j in np.flatnonzero(valid) if labels[j] != labels[i]]
     z = np.array([min(pos)] + neg) / tau
-    losses.append(-_log_softmax(z)[0])
+    losses.append(-loss_testlib.log_softmax(z)[0])
   return float(np.mean(losses)) if losses else 0.0
 
 
 def _view_contrastive_ref(q, k, labels, tau):
   """ICE's ViewContrastiveLoss: sort trick + flattened B x (B-K) negatives."""
-  qn, kn = _normalize(q), _normalize(k)
+  qn, kn = loss_testlib.normalize(q), loss_testlib.normalize(k)
   s = qn @ kn.T
   eq = (labels[:, None] == labels[None, :]).astype(np.float64)
   hard_p = np.sort(s + 9999999.0 * (1 - eq), axis=1)[:, 0]
   negs = s[eq == 0].reshape(len(q), -1)
   out = np.concatenate([hard_p[:, None], negs], 1) / tau
-  return float(np.mean(-_log_softmax(out)[:, 0]))
+  return float(np.mean(-loss_testlib.log_softmax(out)[:, 0]))
 
 
 def test_hard_instance_loss_matches_reference_and_ice_code():
@@ -146,7 +121,7 @@ def test_hard_instance_loss_matches_reference_and_ice_code():
   got = jax.jit(loss)(q.astype(np.float32), k.astype(np.float32), labels)
   np.testing.assert_allclose(got, _hard_ref(q, k, labels, 0.1, mask),
                              rtol=1e-5)
-  _check_grad(lambda x: loss(x, k, labels),
+  loss_testlib.check_grad(lambda x: loss(x, k, labels),
               lambda x: _hard_ref(x, k, labels, 0.1, mask), q)
   np.testing.assert_array_equal(
       jax.jit(jax.grad(loss, argnums=1))(q.astype(np.float32),
@@ -169,14 +144,14 @@ def _kl_div_batchmean(log_input, target):
 
 
 def _softmax(z):
-  return np.exp(_log_softmax(z))
+  return np.exp(loss_testlib.log_softmax(z))
 
 
 def _soft_ref(f1, m2, mw, tau, direction, weight, mask):
   """ICE's loss_kl line, on the valid samples only."""
   f1, m2, mw = f1[mask], m2[mask], mw[mask]
-  p = _softmax(_normalize(f1) @ _normalize(m2).T / tau)
-  q = _softmax(_normalize(mw) @ _normalize(mw).T / tau)
+  p = _softmax(loss_testlib.normalize(f1) @ loss_testlib.normalize(m2).T / tau)
+  q = _softmax(loss_testlib.normalize(mw) @ loss_testlib.normalize(mw).T / tau)
   if direction == 'code':
     return _kl_div_batchmean(np.log(p), q) * weight
   return _kl_div_batchmean(np.log(q), p) * weight
@@ -194,7 +169,7 @@ def test_soft_instance_consistency_matches_reference(direction):
   got = jax.jit(loss)(*(x.astype(np.float32) for x in (f1, m2, mw)))
   want = _soft_ref(f1, m2, mw, 0.4, direction, 10.0, mask)
   np.testing.assert_allclose(got, want, rtol=1e-5)
-  _check_grad(lambda x: loss(x, m2, mw),
+  loss_testlib.check_grad(lambda x: loss(x, m2, mw),
               lambda x: _soft_ref(x, m2, mw, 0.4, direction, 10.0, mask), f1)
   g = jax.jit(jax.grad(lambda a, b: loss(f1.astype(np.float32), a, b),
                       argnums=(0, 1)))(m2.astype(np.float32),
@@ -225,7 +200,8 @@ def test_soft_instance_is_ice_kl_line_and_finite_at_tiny_tau():
 # ------------------------------------------------------ ICL correlation
 def _icl_ref(fe, k, labels, reduction, mask):
   valid = np.flatnonzero((labels >= 0) & mask)
-  fe, k, y = _normalize(fe[valid]), _normalize(k[valid]), labels[valid]
+  norm = loss_testlib.normalize
+  fe, k, y = norm(fe[valid]), norm(k[valid]), labels[valid]
   total = 0.0
   for i in range(len(y)):
     for j in range(len(y)):
@@ -248,7 +224,7 @@ def test_instance_correlation_loss_matches_reference(reduction):
   got = jax.jit(loss)(fe.astype(np.float32), k.astype(np.float32), labels)
   np.testing.assert_allclose(got, _icl_ref(fe, k, labels, reduction, mask),
                              rtol=1e-5)
-  _check_grad(lambda x: loss(x, k, labels),
+  loss_testlib.check_grad(lambda x: loss(x, k, labels),
               lambda x: _icl_ref(x, k, labels, reduction, mask), fe)
   g = jax.jit(jax.grad(loss, argnums=1))(fe.astype(np.float32),
                                          k.astype(np.float32), labels)
