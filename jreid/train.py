@@ -37,7 +37,7 @@ from jreid import models
 from jreid.models import pretrained
 
 
-def _steps_per_epoch(config, method, mesh) -> int:
+def _steps_per_epoch(config, method) -> int:
   if config.steps_per_epoch:
     return int(config.steps_per_epoch)
   if not method.fixed_labels:
@@ -188,7 +188,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   evaluator = evaluator_lib.RetrievalEvaluator(config, dataset, extractor)
 
   # --------------------------------------------------------------- 2. state
-  spe = _steps_per_epoch(config, method, mesh)
+  spe = _steps_per_epoch(config, method)
   method.steps_per_epoch = spe
   total_steps = config.num_epochs * spe
   tx, schedule = optim.make_optimizer(config.optim, spe)

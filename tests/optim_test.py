@@ -1,6 +1,5 @@
 """Learning-rate schedules and the coupled-L2 Adam of the references."""
 
-import jax
 import jax.numpy as jnp
 import ml_collections as mlc
 import numpy as np

@@ -14,7 +14,6 @@ order with the pre-update features, as the reference's custom backward does.
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jreid import memory

@@ -18,7 +18,6 @@ Decisions the paper leaves open (spec §6.3), each a config switch:
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 
 from jreid.losses import contrastive
 from jreid.methods import ice

@@ -10,7 +10,6 @@ relabelled to 0..C-1 in sorted order; they never change, so no refresh work.
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 

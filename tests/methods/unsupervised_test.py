@@ -8,7 +8,6 @@ is random.
 
 import importlib
 
-import jax
 import numpy as np
 import pytest
 
