@@ -4,6 +4,12 @@ Training never sees true ids; these numbers say whether a clustering round
 helped. Outliers (-1) are reported two ways, because methods treat them
 differently: as singletons (SpCL / CACL train on them as their own classes)
 and excluded (Cluster-Contrast / ICE / CAP drop them).
+
+Read NMI with care: with outliers as singletons it rewards outliers (a
+labelling of N singletons scores 2 H(Y) / (H(Y) + log N), about 0.8 on a
+1,600-image set), so it *falls* as a good run absorbs its outliers. `ami`
+(chance-adjusted, 0 for singletons) and `nmi_raw` (DBSCAN's labels as they
+are, -1 one group, what sklearn gives on DBSCAN output) do not.
 """
 
 from __future__ import annotations
@@ -52,9 +58,10 @@ def label_quality(labels: np.ndarray, true_ids: np.ndarray) -> dict[str, float]:
     true_ids: (N,) int ground-truth identities.
 
   Returns:
-    {'num_clusters', 'outlier_fraction', 'ari', 'nmi' (outliers as
-    singletons), 'ari_clustered', 'nmi_clustered' (outliers dropped; 0 when
-    nothing is clustered), 'purity', 'inverse_purity'}.
+    {'num_clusters', 'outlier_fraction', 'ari', 'nmi', 'ami' (outliers as
+    singletons), 'nmi_raw' (-1 as one label), 'ari_clustered',
+    'nmi_clustered' (outliers dropped; 0 when nothing is clustered),
+    'purity', 'inverse_purity'}.
   """
   labels, true_ids = np.asarray(labels), np.asarray(true_ids)
   if labels.shape != true_ids.shape or labels.ndim != 1:
@@ -67,6 +74,8 @@ def label_quality(labels: np.ndarray, true_ids: np.ndarray) -> dict[str, float]:
       'outlier_fraction': float(1.0 - keep.mean()) if labels.size else 0.0,
       'ari': float(metrics.adjusted_rand_score(true_ids, single)),
       'nmi': float(metrics.normalized_mutual_info_score(true_ids, single)),
+      'ami': float(metrics.adjusted_mutual_info_score(true_ids, single)),
+      'nmi_raw': float(metrics.normalized_mutual_info_score(true_ids, labels)),
       'ari_clustered': 0.0,
       'nmi_clustered': 0.0,
       'purity': purity(labels, true_ids),
