@@ -34,7 +34,10 @@ def get_config(arg: str | None = None):
   c.method = dict(name='cap', k1=20, k2=6, eps=0.5, min_samples=4,
                   temperature=0.07, num_negatives=50, cross_weight=0.5,
                   crosscam_epoch=5, memory_momentum=0.2, memory_capacity=0,
-                  max_failed_refreshes=3)
+                  max_failed_refreshes=3,
+                  # 'standardize': cluster camera-balanced features (not in the
+                  # reference; the synthetic preset's choice, see common.py).
+                  camera_norm='none')
   c.aug.train = 'cap'
   c.model.stem_relu = False
   c.model.bn_group_size = 0

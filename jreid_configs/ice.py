@@ -62,7 +62,10 @@ def get_config(arg: str | None = None):
       tau_soft=0.4, soft_weight=10.0, kl_direction='code',  # 'paper' = KL(P||Q)
       use_intra_camera=False,    # CAP's loss, commented out in ICE's code
       ema_momentum=0.999, memory_capacity=0, proxy_capacity=0,
-      max_failed_refreshes=3)
+      max_failed_refreshes=3,
+      # 'standardize': cluster camera-balanced features (not in the
+      # reference; the synthetic preset's choice, see common.py).
+      camera_norm='none')
   c.aug.strong = 'ice_strong'
   c.aug.weak = 'ice_weak'
   c.sampler.kind = 'more_camera'

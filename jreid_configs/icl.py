@@ -37,7 +37,10 @@ def get_config(arg: str | None = None):
       use_hard_instance=False, tau_hard=0.1,
       camera_aware=False, tau_cross=0.07, num_negatives=50, cross_weight=0.5,
       cross_proxy_norm='code', ema_momentum=0.999, memory_capacity=0,
-      proxy_capacity=0, max_failed_refreshes=3)
+      proxy_capacity=0, max_failed_refreshes=3,
+      # 'standardize': cluster camera-balanced features (not in the
+      # reference; the synthetic preset's choice, see common.py).
+      camera_norm='none')
   c.aug.strong = 'ice_strong'
   c.aug.weak = 'ice_weak'
   c.sampler.kind = 'random_identity'

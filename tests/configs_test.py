@@ -58,3 +58,11 @@ def test_reference_recipe_of_supervised_market():
   assert c.optim.lr == 3.5e-4 and c.optim.weight_decay == 5e-4
   assert tuple(c.optim.decay_epochs) == (40, 70) and c.num_epochs == 120
   assert c.method.ce_epsilon == 0.1 and c.method.triplet_margin == 0.3
+
+
+@pytest.mark.parametrize('method', ['cluster_contrast', 'cap', 'ice', 'icl'])
+def test_camera_balanced_clustering_only_in_the_synthetic_preset(method):
+  module = importlib.import_module(f'jreid_configs.{method}')
+  for dataset in ('market1501', 'dukemtmc', 'msmt17', 'veri776'):
+    assert module.get_config(f'dataset={dataset}').method.camera_norm == 'none'
+  assert module.get_config('').method.camera_norm == 'standardize'

@@ -3,7 +3,8 @@
 At each epoch start (spec §2.1, §4.1, §5.1):
 
   features  = eval-mode features of the train set (model, or EMA encoder)
-  labels    = DBSCAN(k-reciprocal Jaccard(features; k1, k2); eps, min_samples)
+  labels    = DBSCAN(k-reciprocal Jaccard(balanced; k1, k2); eps, min_samples)
+              balanced = features (reference) or camera_norm(features)
   memories  = the method's banks rebuilt from (features, labels, cameras)
 
 Pseudo labels, memories and (for ICE/ICL) the EMA encoder live in
@@ -29,6 +30,7 @@ from jreid import clustering
 from jreid import memory
 from jreid import models
 from jreid import sharding
+from jreid.clustering import camera_norm
 from jreid.data import samplers
 from jreid.methods import base
 
@@ -107,7 +109,12 @@ class ClusteringMethod(base.Method):
 
   def refresh(self, ctx, state, epoch):
     features = ctx.extract_train(self.eval_variables(state))
-    result = clustering.cluster(features, mesh=ctx.mesh,
+    # Memories are built from the features as extracted; only the
+    # clustering sees the camera-balanced ones (camera_norm.py).
+    balanced = camera_norm.camera_normalize(
+        features, self.train.camids, self.config.method.get('camera_norm',
+                                                            'none'))
+    result = clustering.cluster(balanced, mesh=ctx.mesh,
                                 **self.cluster_params())
     labels = sharding.broadcast_from_host0(result.labels[0].astype(np.int32))
     info = cluster_size_stats(labels)

@@ -132,3 +132,38 @@ def test_ice_intra_camera_switch_adds_caps_loss(data_root, tmp_path):
   assert summary['train_step_traces'] == 1
   intra = [r['loss_intra'] for r in _rows(workdir) if 'loss_intra' in r]
   assert len(intra) == 2 and np.all(np.isfinite(intra)) and min(intra) > 0
+
+
+def test_camera_norm_balances_what_the_clustering_sees(
+    data_root, tmp_path, monkeypatch):
+  from jreid import clustering  # pylint: disable=g-import-not-at-top
+  from jreid.clustering import camera_norm  # pylint: disable=g-import-not-at-top
+  seen = {}
+  real_norm, real_cluster = camera_norm.camera_normalize, clustering.cluster
+
+  def spy_norm(features, camids, mode):
+    seen['raw'], seen['camids'], seen['mode'] = features, camids, mode
+    seen['balanced'] = real_norm(features, camids, mode)
+    return seen['balanced']
+
+  def spy_cluster(features, **kw):
+    seen['clustered'] = features
+    return real_cluster(features, **kw)
+
+  monkeypatch.setattr(camera_norm, 'camera_normalize', spy_norm)
+  monkeypatch.setattr(clustering, 'cluster', spy_cluster)
+  c = tiny('cluster_contrast', data_root,
+           **{'method.camera_norm': 'standardize', 'num_epochs': 1,
+              'evals.every_epochs': 1})
+  train.train_and_evaluate(c, str(tmp_path / 'balanced'))
+  assert seen['mode'] == 'standardize'
+  assert seen['clustered'] is seen['balanced']
+  raw, cams = seen['raw'], seen['camids']
+  assert len(np.unique(cams)) > 1
+  np.testing.assert_allclose(
+      seen['balanced'], real_norm(raw, cams, 'standardize'), atol=1e-6)
+  # Raw features carry a camera mean; the balanced ones are centred per
+  # camera before L2 normalisation, so their camera means shrink.
+  spread = lambda f: np.mean([np.linalg.norm(f[cams == k].mean(0))
+                              for k in np.unique(cams)])
+  assert spread(seen['balanced']) < 0.5 * spread(raw)
