@@ -1,4 +1,4 @@
-"""ResNet-18/34/50 and IBN-a ResNet-50 backbones (NHWC), torchvision layout.
+"""ResNet-18/34/50 and IBN-a ResNet-18/50 backbones (NHWC), torchvision layout.
 
 Module names mirror torchvision's state-dict keys ('conv1', 'bn1',
 'layer1_0/conv1', 'layer1_0/downsample_0', IBN's 'bn1/IN' and 'bn1/BN'), so
@@ -12,15 +12,16 @@ ReID choices:
   256x128 image gives a 16x8 map instead of 8x4.
 * Every BatchNorm is a `norm.GroupBatchNorm`, so `bn_group_size` (statistics
   per contiguous group of examples) applies to the whole network.
-* IBN-a (IBN-Net a): in layer1-3 each bottleneck's bn1 normalises the first
+* IBN-a (IBN-Net a): in layer1-3 each block's bn1 normalises the first
   half of its channels with an affine InstanceNorm and the rest with BN;
-  layer4 has no IBN.
+  layer4 has no IBN (IBN-Net's resnet18_ibn_a / resnet50_ibn_a).
 
 Output feature dimension D (channels of the final map) scales with `width`:
 
 | name           | width 64 | width w |
 |----------------|----------|---------|
 | resnet18       | 512      | 8 w     |
+| resnet18_ibn_a | 512      | 8 w     |
 | resnet34       | 512      | 8 w     |
 | resnet50       | 2048     | 32 w    |
 | resnet50_ibn_a | 2048     | 32 w    |
@@ -41,6 +42,7 @@ from jreid.models import norm
 # name -> (bottleneck?, blocks per stage, IBN-a?).
 ARCHS: dict[str, tuple[bool, tuple[int, ...], bool]] = {
     'resnet18': (False, (2, 2, 2, 2), False),
+    'resnet18_ibn_a': (False, (2, 2, 2, 2), True),
     'resnet34': (False, (3, 4, 6, 3), False),
     'resnet50': (True, (3, 4, 6, 3), False),
     'resnet50_ibn_a': (True, (3, 4, 6, 3), True),
@@ -157,13 +159,15 @@ class BasicBlock(nn.Module):
   stride: int
   downsample: bool
   norm: Callable[..., nn.Module]
-  ibn: bool = False  # unused: IBN-a is defined for bottlenecks only.
+  ibn: bool = False  # IBN-Net's BasicBlock_IBN: IBN-a on bn1.
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     y = _conv(self.planes, 3, self.stride, 'conv1', self.dtype)(x)
-    y = nn.relu(self.norm(name='bn1')(y, train))
+    bn1 = (IBN(self.norm, self.dtype, name='bn1') if self.ibn
+           else self.norm(name='bn1'))
+    y = nn.relu(bn1(y, train))
     y = _conv(self.planes, 3, 1, 'conv2', self.dtype)(y)
     y = self.norm(name='bn2')(y, train)
     if self.downsample:

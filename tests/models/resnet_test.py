@@ -126,20 +126,26 @@ def test_stage_split_equals_full_net():
   np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6)
 
 
-def test_ibn_a_layout():
-  net = resnet.ResNet(arch='resnet50_ibn_a', width=8)
+@pytest.mark.parametrize('arch,blocks,expansion', [
+    ('resnet50_ibn_a', (3, 4, 6, 3), 4),
+    ('resnet18_ibn_a', (2, 2, 2, 2), 1),   # IBN-Net's BasicBlock_IBN
+])
+def test_ibn_a_layout(arch, blocks, expansion):
+  net = resnet.ResNet(arch=arch, width=8)
   v = jax.eval_shape(lambda: net.init(jax.random.key(0), jnp.zeros(IMG),
                                       train=False))
   p, s = v['params'], v['batch_stats']
-  for layer, planes, blocks in ((1, 8, 3), (2, 16, 4), (3, 32, 6)):
-    for j in range(blocks):
+  for layer, planes in ((1, 8), (2, 16), (3, 32)):
+    for j in range(blocks[layer - 1]):
       bn1 = p[f'layer{layer}_{j}']['bn1']
       assert bn1['IN']['scale'].shape == (planes // 2,)
       assert bn1['BN']['scale'].shape == (planes - planes // 2,)
       assert set(s[f'layer{layer}_{j}']['bn1']) == {'BN'}  # IN: no stats.
-  for j in range(3):
+      assert set(p[f'layer{layer}_{j}']['bn2']) == {'scale', 'bias'}
+  for j in range(blocks[3]):
     assert set(p[f'layer4_{j}']['bn1']) == {'scale', 'bias'}
   assert set(p['bn1']) == {'scale', 'bias'}  # stem is plain BN.
+  assert resnet.feature_dim(arch, 8) == 64 * expansion
 
 
 def test_ibn_split_semantics():
