@@ -102,16 +102,7 @@ class ICE(clustering_base.ClusteringMethod):
       terms['loss_agnostic'] = contrastive.proxy_nce(
           f1, c['features'], c['valid'], labels, m.tau_agnostic,
           normalize_feats=False, label_smoothing=m.agnostic_label_smoothing)
-      if m.camera_aware:
-        terms['loss_cross'] = self.cross_camera_term(f1, bank, batch)
-      if m.camera_aware and m.get('use_intra_camera', False):
-        # CAP's intra-camera proxy loss: in ICE's code but commented out
-        # (spec §5.6); off by default, a switch for from-scratch training.
-        p = bank['proxies']
-        terms['loss_intra'] = camera.intra_camera_proxy_loss(
-            f1, p['features'], p['valid'], p['camera'],
-            bank['sample_proxy'][batch['index']], batch['camid'],
-            temperature=m.tau_cross, num_cameras=self.num_cameras)
+      terms.update(self.camera_terms(f1, bank, batch))
     if m.use_hard_instance:
       terms['loss_hard_instance'] = m.hard_weight * contrastive.hard_instance_loss(
           f1, m2, labels, temperature=m.tau_hard)
@@ -124,14 +115,30 @@ class ICE(clustering_base.ClusteringMethod):
     return loss, {'batch_stats': new_stats, 'metrics': metrics,
                   'ema_batch_stats': bs}
 
-  def cross_camera_term(self, f1, bank, batch):
-    """L_cross: f1 against the frozen camera proxies (spec §5.6, §13.1)."""
-    m, p = self.config.method, bank['proxies']
-    return camera.cross_camera_proxy_loss(
+  def camera_terms(self, f1, bank, batch):
+    """The camera-aware proxy losses enabled by the config, by name.
+
+    'loss_cross' (camera_aware): f1 against the frozen camera proxies of
+    its cluster and the hardest other proxies (spec §5.6, §13.1).
+    'loss_intra' (camera_aware and use_intra_camera): CAP's intra-camera
+    proxy loss, in ICE's code but commented out (spec §5.6); off by
+    default, the synthetic preset's choice for training from scratch.
+    """
+    m = self.config.method
+    if not m.camera_aware:
+      return {}  # ICL builds no proxy bank then.
+    p = bank['proxies']
+    terms = {'loss_cross': camera.cross_camera_proxy_loss(
         f1, p['features'], p['valid'], p['cluster'], batch['label'],
         batch['camid'], temperature=m.tau_cross,
         num_negatives=m.num_negatives, weight=m.cross_weight,
-        proxy_norm=m.cross_proxy_norm, num_cameras=self.num_cameras)
+        proxy_norm=m.cross_proxy_norm, num_cameras=self.num_cameras)}
+    if m.get('use_intra_camera', False):
+      terms['loss_intra'] = camera.intra_camera_proxy_loss(
+          f1, p['features'], p['valid'], p['camera'],
+          bank['sample_proxy'][batch['index']], batch['camid'],
+          temperature=m.tau_cross, num_cameras=self.num_cameras)
+    return terms
 
   def post_update(self, state, aux, batch):
     del batch

@@ -12,7 +12,8 @@ momentum(x2))) (ShuffleBN):
 Decisions the paper leaves open (spec §6.3), each a config switch:
 `icl_reduction` ('sum' = the squared Frobenius norm as written; 'mean',
 'mean_per_row'), `use_hard_instance` (ICE's L_h, off), `camera_aware`
-(ICE's cross-camera proxy loss, off).
+(ICE's cross-camera proxy loss, off) and `use_intra_camera` (with
+camera_aware, CAP's intra-camera proxy loss, off).
 """
 
 from __future__ import annotations
@@ -45,8 +46,7 @@ class ICL(ice.ICE):
     if m.use_hard_instance:
       terms['loss_hard_instance'] = contrastive.hard_instance_loss(
           f1, k2, labels, temperature=m.tau_hard)
-    if m.camera_aware:
-      terms['loss_cross'] = self.cross_camera_term(f1, bank, batch)
+    terms.update(self.camera_terms(f1, bank, batch))
     loss = sum(terms.values())
     return loss, {'batch_stats': new_stats,
                   'metrics': dict(terms, loss=loss), 'ema_batch_stats': bs}

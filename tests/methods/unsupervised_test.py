@@ -124,14 +124,18 @@ def test_failed_refresh_keeps_previous_labels_then_stops(
   assert len(losses) == 4  # epoch 1 trained on the kept labels
 
 
-def test_ice_intra_camera_switch_adds_caps_loss(data_root, tmp_path):
-  workdir = str(tmp_path / 'ice_intra')
-  c = tiny('ice', data_root, **{'method.use_intra_camera': True,
-                                'num_epochs': 1, 'evals.every_epochs': 1})
+@pytest.mark.parametrize('method', ['ice', 'icl'])
+def test_intra_camera_switch_adds_caps_loss(method, data_root, tmp_path):
+  workdir = str(tmp_path / f'{method}_intra')
+  c = tiny(method, data_root, **{'method.use_intra_camera': True,
+                                 'method.camera_aware': True,
+                                 'num_epochs': 1, 'evals.every_epochs': 1})
   summary = train.train_and_evaluate(c, workdir)
   assert summary['train_step_traces'] == 1
-  intra = [r['loss_intra'] for r in _rows(workdir) if 'loss_intra' in r]
+  rows = [r for r in _rows(workdir) if 'loss' in r]
+  intra = [r['loss_intra'] for r in rows if 'loss_intra' in r]
   assert len(intra) == 2 and np.all(np.isfinite(intra)) and min(intra) > 0
+  assert all('loss_cross' in r for r in rows)
 
 
 def test_camera_norm_balances_what_the_clustering_sees(
