@@ -52,25 +52,34 @@ def _report(results: dict) -> str:
       'accelerator. Command: `python benchmarks/unsupervised.py` (each method '
       "runs its config's synthetic preset with `evals.at_start=True`).", '',
       '| method | epochs x steps | untrained mAP | trained mAP (best) | ratio '
-      '| rank-1 | wall time |', '|---|---|---|---|---|---|---|']
+      '| rank-1 | ARI first -> last | NMI (raw) first -> last | wall time |',
+      '|---|---|---|---|---|---|---|---|---|']
   for m, r in results.items():
     s, c = r['summary'], r['config']
+    first, last = r['refresh'][0], r['refresh'][-1]
+    q = lambda row, k: row.get(f'refresh/{k}', 0.0)
     lines.append(
         f"| {m} | {c.num_epochs} x {c.steps_per_epoch} | "
         f"{100 * s['initial_mAP']:.1f} | {100 * s['mAP']:.1f} "
         f"({100 * s['best_mAP']:.1f}) | {s['mAP'] / s['initial_mAP']:.1f}x | "
-        f"{100 * s['rank1']:.1f} | {r['seconds'] / 60:.1f} min |")
+        f"{100 * s['rank1']:.1f} | {q(first, 'ari'):.3f} -> "
+        f"{q(last, 'ari'):.3f} | {q(first, 'nmi_raw'):.3f} -> "
+        f"{q(last, 'nmi_raw'):.3f} | {r['seconds'] / 60:.1f} min |")
   for m, r in results.items():
     lines += ['', f'## {m}: pseudo labels per refresh', '',
-              '| epoch | clusters | outliers | ARI | NMI | NMI (clustered) |',
-              '|---|---|---|---|---|---|']
+              'NMI (raw) counts the outliers as one label, as sklearn does on '
+              "DBSCAN's output; NMI (singletons) counts each outlier as its "
+              'own label, which rewards outliers (see jreid/clustering/'
+              'quality.py); AMI is chance-adjusted with singletons.', '',
+              '| epoch | clusters | outliers | ARI | AMI | NMI (raw) | '
+              'NMI (singletons) | purity |', '|---|---|---|---|---|---|---|---|']
     spe = r['config'].steps_per_epoch
     for row in r['refresh']:
+      get = lambda k: row.get(f'refresh/{k}', 0.0)
       lines.append(
-          f"| {row['step'] // spe} | {row['refresh/num_clusters']} | "
-          f"{row['refresh/num_outliers']} | {row.get('refresh/ari', 0):.3f} | "
-          f"{row.get('refresh/nmi', 0):.3f} | "
-          f"{row.get('refresh/nmi_clustered', 0):.3f} |")
+          f"| {row['step'] // spe} | {get('num_clusters'):.0f} | "
+          f"{get('num_outliers'):.0f} | {get('ari'):.3f} | {get('ami'):.3f} | "
+          f"{get('nmi_raw'):.3f} | {get('nmi'):.3f} | {get('purity'):.3f} |")
   return '\n'.join(lines) + '\n'
 
 
