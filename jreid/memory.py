@@ -245,6 +245,49 @@ def update_sequential(memory: Bank, feats: Array, labels: Array, momentum,
   return out
 
 
+def update_hardest(memory: Bank, feats: Array, labels: Array, momentum, *,
+                   mask: Array | None = None) -> Bank:
+  """Cluster-contrast's CM_Hard update (`--use-hard`, spec §2): one per cluster.
+
+      for each cluster k in the batch:
+        b* = argmin_{b: y_b = k} f_b . C[k]      (the first on ties)
+        C[k] <- normalize(m * C[k] + (1 - m) * f_b*)
+
+  All similarities use the pre-update rows (each row changes once).
+
+  Args:
+    memory: bank dict with 'features' (C, D); other entries pass through.
+    feats: (B, D) the step's (pre-update, detached) features.
+    labels: (B,) int32 row index per sample; rows < 0 do nothing.
+    momentum: weight m of the old row.
+    mask: optional (B,) bool, False for padding samples.
+
+  Returns:
+    A new bank dict with the updated 'features'.
+  """
+  bank = jnp.asarray(memory['features'])
+  feats = jax.lax.stop_gradient(jnp.asarray(feats)).astype(bank.dtype)
+  labels = jnp.asarray(labels)
+  capacity, b = bank.shape[0], labels.shape[0]
+  active = (labels >= 0) & (labels < capacity)
+  if mask is not None:
+    active = active & jnp.asarray(mask, bool)
+  rows = bank[jnp.where(active, labels, 0)]                     # (B, D)
+  sims = jnp.where(active, jnp.sum(feats * rows, axis=-1), jnp.inf)
+  order = jnp.arange(b)
+  same = (labels[:, None] == labels[None, :]) & active[None, :]
+  # b' beats b when it shares b's label and is harder (or as hard, earlier).
+  beats = same & ((sims[None, :] < sims[:, None]) | (
+      (sims[None, :] == sims[:, None]) & (order[None, :] < order[:, None])))
+  hardest = active & ~jnp.any(beats, axis=1)                    # one per label
+  m = jnp.asarray(momentum, bank.dtype)
+  new = _normalize_row(m * rows + (1 - m) * feats)
+  out = dict(memory)
+  out['features'] = bank.at[jnp.where(hardest, labels, capacity)].set(
+      new, mode='drop')
+  return out
+
+
 def update_instances(bank: Array, index: Array, feats: Array, momentum, *,
                      mask: Array | None = None) -> Array:
   """SpCL / CACL instance memory update (spec §3.3, §7.2), in batch order.

@@ -31,6 +31,7 @@ def get_config(arg: str | None = None):
   c = common.base_config(a.dataset)
   c.method = dict(name='cluster_contrast', k1=30, k2=6, eps=0.6,
                   min_samples=4, temperature=0.05, memory_momentum=0.1,
+                  use_hard=False,  # --use-hard: CM_Hard memory update
                   memory_capacity=0, max_failed_refreshes=3,
                   # 'standardize': cluster camera-balanced features (not in the
                   # reference; the synthetic preset's choice, see common.py).

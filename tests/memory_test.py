@@ -210,3 +210,25 @@ def test_step_compiles_once_while_the_cluster_count_changes():
     loss, bank = step(bank, features[idx], labels[idx].astype(np.int32))
     assert np.isfinite(loss)
   assert len(traces) == 1
+
+
+def test_update_hardest_equals_cm_hard_loop():
+  rng = np.random.default_rng(5)
+  bank, feats, labels, mask = _batch(rng)
+  mem = {'features': jnp.asarray(bank), 'valid': jnp.ones(16, bool)}
+  out = jax.jit(memory.update_hardest)(mem, feats, labels, 0.1, mask=mask)
+  # cluster-contrast's CM_Hard.backward: per label, argmin of f . C[k] over
+  # the batch's samples of k, then one momentum step.
+  want = bank.copy()
+  for k in np.unique(labels[mask & (labels >= 0)]):
+    rows = np.flatnonzero(mask & (labels == k))
+    hard = rows[np.argmin(feats[rows] @ bank[k])]
+    want[k] = 0.1 * bank[k] + 0.9 * feats[hard]
+    want[k] /= np.linalg.norm(want[k])
+  np.testing.assert_allclose(out['features'], want, rtol=2e-6, atol=2e-7)
+  # With one sample per label it is the sequential rule.
+  single = np.array([3, -1, 7, 0], np.int32)
+  np.testing.assert_allclose(
+      memory.update_hardest(mem, feats[:4], single, 0.1)['features'],
+      memory.update_sequential(mem, feats[:4], single, 0.1)['features'],
+      rtol=1e-6, atol=1e-7)

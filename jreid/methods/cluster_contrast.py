@@ -8,7 +8,8 @@ outliers are left out of training. Each step:
   L = CE(f . C^T / 0.05, y)                                 memory gets no gradient
 
 then C[y_b] <- normalize(0.1 * C[y_b] + 0.9 * f_b), sequentially in batch
-order with the pre-update features, as the reference's custom backward does.
+order with the pre-update features, as the reference's custom backward does
+(`method.use_hard`: once per cluster from its hardest sample, CM_Hard).
 """
 
 from __future__ import annotations
@@ -52,8 +53,12 @@ class ClusterContrast(clustering_base.ClusteringMethod):
                   'features': jax.lax.stop_gradient(f)}
 
   def post_update(self, state, aux, batch):
+    m = self.config.method
+    # `use_hard`: the repo's --use-hard (CM_Hard), one update per cluster
+    # from its least similar sample; off, as in the reference's default.
+    update = (memory.update_hardest if m.get('use_hard', False)
+              else memory.update_sequential)
     extra = dict(state.extra)
-    extra['memory'] = memory.update_sequential(
-        extra['memory'], aux['features'], batch['label'],
-        self.config.method.memory_momentum)
+    extra['memory'] = update(extra['memory'], aux['features'],
+                             batch['label'], m.memory_momentum)
     return state.replace(extra=extra)

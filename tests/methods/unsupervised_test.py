@@ -171,3 +171,14 @@ def test_camera_norm_balances_what_the_clustering_sees(
   spread = lambda f: np.mean([np.linalg.norm(f[cams == k].mean(0))
                               for k in np.unique(cams)])
   assert spread(seen['balanced']) < 0.5 * spread(raw)
+
+
+def test_cluster_contrast_use_hard_trains_with_one_trace(data_root, tmp_path):
+  workdir = str(tmp_path / 'cc_hard')
+  c = tiny('cluster_contrast', data_root, **{'method.use_hard': True,
+                                             'num_epochs': 2,
+                                             'evals.every_epochs': 2})
+  summary = train.train_and_evaluate(c, workdir)
+  assert summary['train_step_traces'] == 1
+  losses = [r['loss'] for r in _rows(workdir) if 'loss' in r]
+  assert len(losses) == 4 and np.all(np.isfinite(losses))
