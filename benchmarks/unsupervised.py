@@ -45,6 +45,11 @@ def _run(method: str) -> dict:
           'refresh': refresh, 'config': config}
 
 
+def _q(row: dict, key: str) -> float:
+  """A refresh diagnostic of a metrics row (0 when not logged)."""
+  return row.get(f'refresh/{key}', 0.0)
+
+
 def _report(results: dict) -> str:
   lines = [
       '# Unsupervised methods on the synthetic dataset (random init, CPU)', '',
@@ -57,14 +62,13 @@ def _report(results: dict) -> str:
   for m, r in results.items():
     s, c = r['summary'], r['config']
     first, last = r['refresh'][0], r['refresh'][-1]
-    q = lambda row, k: row.get(f'refresh/{k}', 0.0)
     lines.append(
         f"| {m} | {c.num_epochs} x {c.steps_per_epoch} | "
         f"{100 * s['initial_mAP']:.1f} | {100 * s['mAP']:.1f} "
         f"({100 * s['best_mAP']:.1f}) | {s['mAP'] / s['initial_mAP']:.1f}x | "
-        f"{100 * s['rank1']:.1f} | {q(first, 'ari'):.3f} -> "
-        f"{q(last, 'ari'):.3f} | {q(first, 'nmi_raw'):.3f} -> "
-        f"{q(last, 'nmi_raw'):.3f} | {r['seconds'] / 60:.1f} min |")
+        f"{100 * s['rank1']:.1f} | {_q(first, 'ari'):.3f} -> "
+        f"{_q(last, 'ari'):.3f} | {_q(first, 'nmi_raw'):.3f} -> "
+        f"{_q(last, 'nmi_raw'):.3f} | {r['seconds'] / 60:.1f} min |")
   for m, r in results.items():
     lines += ['', f'## {m}: pseudo labels per refresh', '',
               'NMI (raw) counts the outliers as one label, as sklearn does on '
@@ -75,11 +79,10 @@ def _report(results: dict) -> str:
               'NMI (singletons) | purity |', '|---|---|---|---|---|---|---|---|']
     spe = r['config'].steps_per_epoch
     for row in r['refresh']:
-      get = lambda k: row.get(f'refresh/{k}', 0.0)
-      lines.append(
-          f"| {row['step'] // spe} | {get('num_clusters'):.0f} | "
-          f"{get('num_outliers'):.0f} | {get('ari'):.3f} | {get('ami'):.3f} | "
-          f"{get('nmi_raw'):.3f} | {get('nmi'):.3f} | {get('purity'):.3f} |")
+      cells = [f'{_q(row, k):.0f}' for k in ('num_clusters', 'num_outliers')]
+      cells += [f'{_q(row, k):.3f}'
+                for k in ('ari', 'ami', 'nmi_raw', 'nmi', 'purity')]
+      lines.append(f"| {row['step'] // spe} | " + ' | '.join(cells) + ' |')
   return '\n'.join(lines) + '\n'
 
 

@@ -84,8 +84,8 @@ def get_config(arg: str | None = None):
     common.apply_synthetic_unsupervised(c)
     c.num_epochs = 40
     # 1,600 steps instead of the reference's 16,000: a 0.999 momentum
-    # encoder would still be a third random at the end; keep the horizon
-    # (1 / (1 - m) steps) at the same 1/16 of the schedule.
+    # encoder would still be a fifth random (0.999^1600) at the end; keep
+    # the horizon (1 / (1 - m) steps) at the same 1/16 of the schedule.
     c.method.ema_momentum = 0.99
     # From random weights the camera-aware variants also need CAP's
     # intra-camera proxy loss (in ICE's code, commented out) and CAP's
