@@ -89,6 +89,34 @@ def read_jsonl(path: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in f if line.strip()]
 
 
+def past_evaluations(path: str, upto_step: int, steps_per_epoch: int
+                     ) -> tuple[dict[str, Any], dict[str, Any]]:
+  """(best, initial) test results a resumed run inherits from metrics.jsonl.
+
+  Rows after `upto_step` (the restored checkpoint) are ignored: they belong to
+  steps the resumed run redoes. A step-0 row is the untrained evaluation; a
+  row at step s > 0 is the evaluation after epoch s // steps_per_epoch - 1.
+  When a step was written twice (an earlier resume) the last row wins.
+
+  Returns:
+    best: the highest-mAP result with its 'epoch' ({} if none), initial: the
+    step-0 result ({} if none); keys without the 'test/' prefix.
+  """
+  if not os.path.exists(path):
+    return {}, {}
+  by_step = {}
+  for row in read_jsonl(path):
+    test = {k[5:]: v for k, v in row.items() if k.startswith('test/')}
+    if test and row['step'] <= upto_step:
+      by_step[row['step']] = test
+  initial = by_step.pop(0, {})
+  best = {}
+  for step in sorted(by_step):
+    if by_step[step].get('mAP', -1.0) >= best.get('mAP', -1.0):
+      best = dict(by_step[step], epoch=step // steps_per_epoch - 1)
+  return best, initial
+
+
 _RATE_KEYS = ('steps_per_sec', 'images_per_sec', 'eta_sec')
 
 

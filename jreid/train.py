@@ -218,7 +218,11 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   logging.info('training %s: %d epochs x %d steps, batch %d, from step %d',
                config.method.name, config.num_epochs, spe,
                config.sampler.batch_size, start_step)
-  results, best, initial = {}, {}, {}
+  results = {}
+  # A resumed run carries on its record: the best epoch and untrained floor
+  # evaluated before the checkpoint it restored.
+  best, initial = metrics_io.past_evaluations(
+      writer.path, start_step, spe) if start_step else ({}, {})
   if start_step == 0 and config.evals.get('at_start', False):
     initial = evaluator.run(method.eval_variables(state))  # untrained floor
     writer.write(0, {f'test/{k}': v for k, v in initial.items()})

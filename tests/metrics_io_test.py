@@ -41,3 +41,21 @@ def test_config_and_results_files(tmp_path):
   metrics_io.write_json(str(tmp_path / 'results.json'),
                         {'mAP': np.float64(0.5)})
   assert json.load(open(tmp_path / 'results.json')) == {'mAP': 0.5}
+
+
+def test_past_evaluations_keep_the_record_up_to_the_checkpoint(tmp_path):
+  w = metrics_io.MetricWriter(str(tmp_path), tensorboard=False)
+  w.write(0, {'test/mAP': 0.02, 'test/rank1': 0.03})    # untrained
+  w.write(5, {'loss': 3.0})
+  w.write(10, {'test/mAP': 0.30, 'test/rank1': 0.40})   # after epoch 1
+  w.write(20, {'test/mAP': 0.20, 'test/rank1': 0.50})   # after epoch 3
+  w.write(30, {'test/mAP': 0.90, 'test/rank1': 0.90})   # lost: after ckpt
+  w.write(20, {'test/mAP': 0.35, 'test/rank1': 0.45})   # re-evaluated
+  w.close()
+  path = os.path.join(tmp_path, 'metrics.jsonl')
+  best, initial = metrics_io.past_evaluations(path, 25, steps_per_epoch=5)
+  assert initial == {'mAP': 0.02, 'rank1': 0.03}
+  assert best == {'mAP': 0.35, 'rank1': 0.45, 'epoch': 3}
+  best, _ = metrics_io.past_evaluations(path, 19, steps_per_epoch=5)
+  assert best == {'mAP': 0.30, 'rank1': 0.40, 'epoch': 1}
+  assert metrics_io.past_evaluations(str(tmp_path / 'none'), 9, 5) == ({}, {})

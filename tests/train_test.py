@@ -68,13 +68,17 @@ def test_end_to_end_writes_results_and_compiles_once(data_root, tmp_path):
 
 def test_stop_and_resume_matches_uninterrupted_run(data_root, tmp_path):
   full, split = str(tmp_path / 'full'), str(tmp_path / 'split')
-  a = train.train_and_evaluate(tiny_config(data_root), full)
+  at_start = {'evals.at_start': True}
+  a = train.train_and_evaluate(tiny_config(data_root, **at_start), full)
   # Stop mid-epoch (epoch 1, batch 1 of 3), then run the same command again.
   stopped = train.train_and_evaluate(
-      tiny_config(data_root, stop_after_step=4), split)
+      tiny_config(data_root, stop_after_step=4, **at_start), split)
   assert stopped['stopped_at_step'] == 4
-  b = train.train_and_evaluate(tiny_config(data_root), split)
+  b = train.train_and_evaluate(tiny_config(data_root, **at_start), split)
   assert b['steps'] == a['steps'] == 6
+  # The record spans the stop: untrained floor and epoch-0 evaluation too.
+  for k in ('best_mAP', 'best_epoch', 'initial_mAP', 'initial_rank1'):
+    assert a[k] == pytest.approx(b[k], abs=1e-6), k
   pa, pb = _params(full), _params(split)
   for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb)):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6,
