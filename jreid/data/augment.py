@@ -334,8 +334,12 @@ RECIPES: dict[str, tuple[Any, ...]] = {
 ViewSpec = str | Sequence[Any]
 
 
-def _parse(spec: ViewSpec) -> list[tuple[str, dict[str, Any], int]]:
-  """Recipe name or [op | (op, kwargs)] -> validated [(op, kwargs, n)]."""
+def _parse(spec: ViewSpec, pad: int | None = None
+           ) -> list[tuple[str, dict[str, Any], int]]:
+  """Recipe name or [op | (op, kwargs)] -> validated [(op, kwargs, n)].
+
+  `pad` replaces pad_crop's default padding where the spec does not set it.
+  """
   if isinstance(spec, str):
     if spec not in RECIPES:
       raise ValueError(f'unknown augmentation recipe {spec!r}; known: '
@@ -348,6 +352,8 @@ def _parse(spec: ViewSpec) -> list[tuple[str, dict[str, Any], int]]:
       raise ValueError(f'unknown augmentation op {name!r}; known: '
                        f'{sorted(OPS)}')
     kwargs = dict(kwargs)
+    if name == 'pad_crop' and pad is not None:
+      kwargs.setdefault('pad', int(pad))
     try:
       bound = inspect.signature(OPS[name][0]).bind(None, None, **kwargs)
     except TypeError as e:
@@ -363,14 +369,15 @@ def _parse(spec: ViewSpec) -> list[tuple[str, dict[str, Any], int]]:
   return ops
 
 
-def compose(spec: ViewSpec) -> Callable[[Array, Array], Array]:
+def compose(spec: ViewSpec, *, pad: int | None = None
+            ) -> Callable[[Array, Array], Array]:
   """Builds fn(images uint8 (B,H,W,3), keys (B,)) -> float32 (B,H,W,3).
 
   Example b draws all its uniforms at once, uniform(keys[b], (n_total,)),
   and op i reads its own slice, so an example's result depends on its key
-  only, whatever the batch around it.
+  only, whatever the batch around it. `pad`: see `make_view`.
   """
-  ops = _parse(spec)
+  ops = _parse(spec, pad)
   total = sum(n for _, _, n in ops)
 
   def apply(images: Array, keys: Array) -> Array:
@@ -383,7 +390,8 @@ def compose(spec: ViewSpec) -> Callable[[Array, Array], Array]:
   return apply
 
 
-def make_view(spec: ViewSpec) -> Callable[[Array, Array], Array]:
+def make_view(spec: ViewSpec, *, pad: int | None = None
+              ) -> Callable[[Array, Array], Array]:
   """Builds view(images uint8 (B,H,W,3), key) -> float32 (B,H,W,3).
 
   Per-example keys are `jax.random.split(key, B)`; see `compose` for the
@@ -393,11 +401,14 @@ def make_view(spec: ViewSpec) -> Callable[[Array, Array], Array]:
     spec: a recipe name from RECIPES ('test', 'bot', 'cluster_contrast',
       'spcl', 'cacl_color', 'cacl_gray', 'ice_strong', 'ice_weak', 'cap') or
       a list of op names / (op name, kwargs) pairs from OPS.
+    pad: pad_crop's padding in pixels where the spec leaves it at its
+      default (10, the references' Pad(10) at 256x128); smaller images want
+      it scaled (`config.aug.pad`).
 
   Raises:
     ValueError: unknown recipe or op, bad kwargs, or ops in the wrong space.
   """
-  apply = compose(spec)
+  apply = compose(spec, pad=pad)
 
   def view(images: Array, key: Array) -> Array:
     return apply(images, jax.random.split(key, images.shape[0]))

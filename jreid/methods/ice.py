@@ -40,8 +40,10 @@ class ICE(clustering_base.ClusteringMethod):
   def __init__(self, config, train):
     super().__init__(config, train)
     self.num_cameras = int(train.camids.max()) + 1
-    self.strong = augment.make_view(config.aug.get('strong', 'ice_strong'))
-    self.weak = augment.make_view(config.aug.get('weak', 'ice_weak'))
+    self.strong = augment.make_view(config.aug.get('strong', 'ice_strong'),
+                                    pad=config.aug.pad)
+    self.weak = augment.make_view(config.aug.get('weak', 'ice_weak'),
+                                  pad=config.aug.pad)
     self.proxy_capacity = self.capacity_for_proxies(len(train))
 
   def capacity_for_proxies(self, n: int) -> int:

@@ -209,6 +209,31 @@ def test_chunks_give_the_same_result_as_the_whole_batch(recipe):
   assert not np.array_equal(whole, apply(x, _keys(6, seed=6)))
 
 
+def test_pad_sets_pad_crops_default_padding():
+  x = _images(b=8, h=16, w=8)
+  key = jax.random.key(3)
+  run = lambda spec, **kw: np.asarray(  # noqa: E731
+      jax.jit(augment.make_view(spec, **kw))(x, key))
+  explicit = ['random_flip', ('pad_crop', {'pad': 3}), 'normalize',
+              'random_erasing']
+  np.testing.assert_array_equal(run('cluster_contrast', pad=3), run(explicit))
+  assert not np.array_equal(run('cluster_contrast', pad=3),
+                            run('cluster_contrast'))
+  np.testing.assert_array_equal(run('cluster_contrast', pad=None),
+                                run('cluster_contrast'))
+  # A spec that sets its own padding keeps it.
+  np.testing.assert_array_equal(run(explicit, pad=7), run(explicit))
+  # pad 0: a crop of the unpadded image is the identity.
+  no_crop = ['random_flip', ('pad_crop', {'pad': 0}), 'normalize']
+  with_pad0 = run(['random_flip', 'pad_crop', 'normalize'], pad=0)
+  np.testing.assert_array_equal(with_pad0, run(no_crop))
+  ref = (x / 255.0 - MEAN) / STD
+  same = np.all(np.isclose(with_pad0, ref, atol=1e-5), axis=(1, 2, 3))
+  mirrored = np.all(np.isclose(with_pad0, ref[:, :, ::-1], atol=1e-5),
+                    axis=(1, 2, 3))
+  assert np.all(same | mirrored)
+
+
 def test_bad_specs():
   with pytest.raises(ValueError, match='unknown augmentation recipe'):
     augment.make_view('bogus')

@@ -182,3 +182,22 @@ def test_cluster_contrast_use_hard_trains_with_one_trace(data_root, tmp_path):
   assert summary['train_step_traces'] == 1
   losses = [r['loss'] for r in _rows(workdir) if 'loss' in r]
   assert len(losses) == 4 and np.all(np.isfinite(losses))
+
+
+@pytest.mark.parametrize('method', ['supervised', 'cluster_contrast', 'cap',
+                                    'ice', 'icl'])
+def test_views_pad_as_the_config_says(method, data_root, monkeypatch):
+  from jreid import registry  # pylint: disable=g-import-not-at-top
+  from jreid.data import augment  # pylint: disable=g-import-not-at-top
+  from jreid.data import pipeline  # pylint: disable=g-import-not-at-top
+  pads, real = [], augment.make_view
+
+  def spy(spec, *, pad=None):
+    pads.append(pad)
+    return real(spec, pad=pad)
+
+  monkeypatch.setattr(augment, 'make_view', spy)
+  c = tiny(method, data_root, **{'aug.pad': 2})
+  train_split = pipeline.load_dataset(c).train
+  registry.get('method', c.method.name)(c, train_split)
+  assert pads and all(p == 2 for p in pads), pads
