@@ -70,9 +70,8 @@ def test_camera_balanced_clustering_only_in_the_synthetic_preset(method):
 
 @pytest.mark.parametrize('method', ['supervised', 'cluster_contrast', 'cap',
                                     'ice', 'icl'])
-def test_pad_is_the_references_except_in_the_64x32_unsupervised_preset(method):
+def test_pad_is_the_references_except_in_the_64x32_synthetic_preset(method):
   module = importlib.import_module(f'jreid_configs.{method}')
   for dataset in ('market1501', 'dukemtmc', 'msmt17', 'veri776'):
     assert module.get_config(f'dataset={dataset}').aug.pad == 10
-  c = module.get_config('')
-  assert c.aug.pad == (10 if method == 'supervised' else 3)
+  assert module.get_config('').aug.pad == 3
