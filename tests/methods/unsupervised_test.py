@@ -81,13 +81,15 @@ def test_ice_resumes_mid_epoch_to_the_same_result(data_root, tmp_path):
   assert a['mAP'] == pytest.approx(b['mAP'], abs=1e-6)
 
 
-def test_cap_on_one_and_eight_devices(data_root, tmp_path):
+@pytest.mark.parametrize('method', ['cluster_contrast', 'cap', 'ice', 'icl'])
+def test_one_and_eight_devices_give_the_same_losses(method, data_root,
+                                                    tmp_path):
   """SGD so rounding is not amplified (see tests/train_test.py)."""
   curves = []
   for n in (1, 8):
-    workdir = str(tmp_path / f'cap{n}')
-    c = tiny('cap', data_root, **{'mesh.num_devices': n, 'optim.name': 'sgd',
-                                  'num_epochs': 2})
+    workdir = str(tmp_path / f'{method}{n}')
+    c = tiny(method, data_root, **{'mesh.num_devices': n, 'optim.name': 'sgd',
+                                   'num_epochs': 2})
     train.train_and_evaluate(c, workdir)
     curves.append([r['loss'] for r in _rows(workdir) if 'loss' in r])
   np.testing.assert_allclose(curves[0], curves[1], rtol=1e-4)
