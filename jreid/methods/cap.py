@@ -31,8 +31,7 @@ class CAP(clustering_base.ClusteringMethod):
   def __init__(self, config, train):
     super().__init__(config, train)
     self.num_cameras = int(train.camids.max()) + 1
-    self.view = augment.make_view(config.aug.train,
-                                  pad=config.aug.pad)
+    self.view = augment.make_view(config.aug.train, pad=config.aug.get('pad'))
 
   def empty_memory(self):
     p, d = self.capacity, self.feature_dim()

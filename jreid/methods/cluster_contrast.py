@@ -28,8 +28,7 @@ class ClusterContrast(clustering_base.ClusteringMethod):
 
   def __init__(self, config, train):
     super().__init__(config, train)
-    self.view = augment.make_view(config.aug.train,
-                                  pad=config.aug.pad)
+    self.view = augment.make_view(config.aug.train, pad=config.aug.get('pad'))
 
   def empty_memory(self):
     return {'features': np.zeros((self.capacity, self.feature_dim()),

@@ -41,9 +41,9 @@ class ICE(clustering_base.ClusteringMethod):
     super().__init__(config, train)
     self.num_cameras = int(train.camids.max()) + 1
     self.strong = augment.make_view(config.aug.get('strong', 'ice_strong'),
-                                    pad=config.aug.pad)
+                                    pad=config.aug.get('pad'))
     self.weak = augment.make_view(config.aug.get('weak', 'ice_weak'),
-                                  pad=config.aug.pad)
+                                  pad=config.aug.get('pad'))
     self.proxy_capacity = self.capacity_for_proxies(len(train))
 
   def capacity_for_proxies(self, n: int) -> int:

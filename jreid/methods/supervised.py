@@ -33,8 +33,7 @@ class Supervised(base.Method):
   def __init__(self, config, train):
     super().__init__(config, train)
     self.labels, self._num_classes = relabel(train.pids)
-    self.view = augment.make_view(config.aug.train,
-                                  pad=config.aug.pad)
+    self.view = augment.make_view(config.aug.train, pad=config.aug.get('pad'))
 
   @property
   def num_classes(self) -> int:
