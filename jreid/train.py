@@ -28,6 +28,7 @@ from jreid import metrics_io
 from jreid import optim
 from jreid import registry
 from jreid import sharding
+from jreid.data import augment
 from jreid.data import pipeline
 from jreid.data import samplers
 from jreid.evaluation import evaluator as evaluator_lib
@@ -174,6 +175,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                jax.process_count(), dict(mesh.shape), jax.devices()[0].platform)
   sharding.check_divisible(config.sampler.batch_size, mesh)
   sharding.check_divisible(config.evals.batch_size, mesh, 'eval batch size')
+  warning = augment.pad_warning(config.aug.get('pad', 10),
+                                config.data.image_size)
+  if warning:
+    logging.warning('%s', warning)
 
   dataset = pipeline.load_dataset(config)
   train_images, train = pipeline.load_split_images(config, dataset.train,

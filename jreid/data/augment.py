@@ -30,6 +30,7 @@ call, because threefry kernels dominate the compile time of a view.
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
@@ -124,6 +125,23 @@ def pad_crop(images: Array, keys: Array, *, pad: int = 10) -> Array:
                        2 * pad).astype(jnp.int32)
     return jax.lax.dynamic_slice(padded, (i, j, 0), (h, w, c))
   return _per_example(one, images, keys, 2)
+
+
+def pad_warning(pad: int, image_size: tuple[int, int]) -> str | None:
+  """A warning when pad_crop's padding is large for the image, else None.
+
+  The references pad 10 px at 256x128 (a shift of up to 8% of the width) and
+  at 224x224 (4%); at 64x32 the same 10 px shift a third of the width and
+  cost every method most of its accuracy (benchmarks/unsupervised.md).
+  """
+  width = int(image_size[1])
+  if pad <= 0.1 * width:
+    return None
+  scaled = max(1, math.ceil(pad * width / 128))
+  return (f'config.aug.pad={pad} shifts the random crop by up to '
+          f'{pad / width:.0%} of the {width}-pixel width (the references: '
+          f'10 px at 256x128, 8%); set --config.aug.pad={scaled} to scale '
+          f'it to this image size')
 
 
 def grayscale(images: Array, keys: Array | None = None) -> Array:

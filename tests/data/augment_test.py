@@ -276,3 +276,13 @@ def test_sharded_batch_matches_single_device():
   result = subprocess.run([sys.executable, '-c', _SHARDED], env=env,
                           capture_output=True, text=True, timeout=240)
   assert result.returncode == 0 and 'OK' in result.stdout, result.stderr
+
+
+def test_pad_warning_names_the_scaled_padding():
+  assert augment.pad_warning(10, (256, 128)) is None   # the references
+  assert augment.pad_warning(10, (224, 224)) is None   # VeRi
+  assert augment.pad_warning(3, (64, 32)) is None      # the synthetic presets
+  msg = augment.pad_warning(10, (64, 32))
+  assert 'config.aug.pad=10' in msg and '31%' in msg
+  assert '--config.aug.pad=3' in msg
+  assert '--config.aug.pad=5' in augment.pad_warning(10, (128, 64))
