@@ -175,7 +175,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                jax.process_count(), dict(mesh.shape), jax.devices()[0].platform)
   sharding.check_divisible(config.sampler.batch_size, mesh)
   sharding.check_divisible(config.evals.batch_size, mesh, 'eval batch size')
-  warning = augment.pad_warning(config.aug.get('pad', 10),
+  warning = augment.pad_warning(config.aug.get('pad', augment.DEFAULT_PAD),
                                 config.data.image_size)
   if warning:
     logging.warning('%s', warning)

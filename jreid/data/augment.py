@@ -45,6 +45,10 @@ MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
 
+# The references' Pad(10), in pixels at 256x128 (and VeRi's 224x224).
+DEFAULT_PAD = 10
+
+
 def uniforms(keys: Array, n: int) -> Array:
   """(B,) typed keys -> (B, n) float32 uniforms in [0, 1), one draw each.
 
@@ -102,7 +106,7 @@ def random_flip(images: Array, keys: Array, *, p: float = 0.5) -> Array:
   return _per_example(one, images, keys, 1)
 
 
-def pad_crop(images: Array, keys: Array, *, pad: int = 10) -> Array:
+def pad_crop(images: Array, keys: Array, *, pad: int = DEFAULT_PAD) -> Array:
   """Zero padding by `pad` on each side, then a random (H, W) crop.
 
   As Pad(pad) + RandomCrop((H, W)): offsets are uniform in 0..2*pad
