@@ -27,6 +27,44 @@ def test_device_table_gather_returns_the_rows(devices):
   out = jax.jit(table.gather)(table.array, index)
   np.testing.assert_array_equal(np.asarray(out), images[index])
   assert out.sharding.spec == jax.P(sharding.DATA)
+  assert set(table.arrays) == {'image'} and table.arrays['image'] is table.array
+
+
+@pytest.mark.parametrize('devices', [1, 8])
+def test_device_table_of_several_tables_and_padding_index(devices):
+  mesh = sharding.make_mesh(devices)
+  rng = np.random.default_rng(1)
+  n = 13
+  tables = {'image': rng.integers(1, 256, (n, 4, 2, 3), dtype=np.uint8),
+            'mesh': rng.normal(size=(n, 5)).astype(np.float32) + 10,
+            'modality': np.arange(n, dtype=np.int32) + 1,
+            'visible': np.ones((n,), bool)}
+  table = pipeline.DeviceTable(tables, mesh)
+  assert table.num == n and list(table.arrays) == list(tables)
+  for name, arr in table.arrays.items():
+    assert arr.shape[0] == -(-n // devices) * devices
+    assert arr.dtype == tables[name].dtype
+  index = np.array([3, -1, 12, 0, -1, 7, 7, 1], np.int32)
+  out = jax.jit(table.gather_all)(table.arrays, index)
+  assert list(out) == list(tables)
+  real = index >= 0
+  for name, rows in out.items():
+    rows = np.asarray(rows)
+    assert rows.dtype == tables[name].dtype
+    np.testing.assert_array_equal(rows[real], tables[name][index[real]])
+    # -1 is a padding slot: an all-zero row, although no table row is zero.
+    assert not rows[~real].any(), name
+  one = jax.jit(table.gather)(table.arrays['mesh'], index)
+  np.testing.assert_array_equal(np.asarray(one), np.asarray(out['mesh']))
+
+
+def test_device_table_rejects_tables_of_different_lengths():
+  mesh = sharding.make_mesh(2)
+  with pytest.raises(ValueError, match='differ in length'):
+    pipeline.DeviceTable({'image': np.zeros((4, 2, 2, 3), np.uint8),
+                          'mesh': np.zeros((5, 3), np.float32)}, mesh)
+  with pytest.raises(ValueError, match='at least one'):
+    pipeline.DeviceTable({}, mesh)
 
 
 def test_pad_and_finite_checks():

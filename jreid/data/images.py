@@ -10,7 +10,9 @@ resize goes (other libraries' bicubic kernels differ).
 Decoding runs in a thread pool: PIL releases the GIL while decoding and
 resampling, so threads scale on the host cores without pickling images
 between processes. An optional `.npy` cache keyed by the path list and size
-makes later runs skip decoding entirely.
+makes later runs skip decoding entirely. The cache is a convenience: a folder
+that cannot be written costs the next run a decode, never this one, and
+images it marks unreadable are retried on every load.
 """
 
 from __future__ import annotations
@@ -91,8 +93,94 @@ def _cache_paths(cache_dir: str, key: str) -> tuple[str, str]:
 def _save_atomic(path: str, array: np.ndarray) -> None:
   # Write-then-rename so a killed run never leaves a truncated cache entry.
   tmp = f'{path}.tmp{os.getpid()}.npy'
-  np.save(tmp, array)
-  os.replace(tmp, path)
+  try:
+    np.save(tmp, array)
+    os.replace(tmp, path)
+  except OSError:
+    if os.path.exists(tmp):  # A full disk leaves a partial file behind.
+      os.remove(tmp)
+    raise
+
+
+def _read_cache(files: tuple[str, str], shape: tuple[int, ...]
+                ) -> tuple[np.ndarray, np.ndarray] | None:
+  """(images, ok) from a cache entry, or None when there is no usable one."""
+  img_file, ok_file = files
+  if not (os.path.exists(img_file) and os.path.exists(ok_file)):
+    return None
+  try:
+    images, ok = np.load(img_file), np.load(ok_file)
+  except (OSError, ValueError, EOFError) as e:
+    # An unreadable or truncated cache costs a decode, never the run.
+    logging.warning('Ignoring unreadable image cache %s: %s', img_file, e)
+    return None
+  if images.shape != shape or ok.shape != shape[:1]:
+    logging.warning('Ignoring cache %s: shape %s, expected %s', img_file,
+                    images.shape, shape)
+    return None
+  return images, ok
+
+
+def _write_cache(cache_dir: str, files: tuple[str, str], images: np.ndarray,
+                 ok: np.ndarray) -> None:
+  """Writes a cache entry; a folder that cannot be written only warns."""
+  try:
+    os.makedirs(cache_dir, exist_ok=True)
+    _save_atomic(files[0], images)
+    _save_atomic(files[1], ok)
+  except OSError as e:
+    # The decode is done; losing it to a read-only or full cache folder
+    # would throw away minutes of work for a speed-up of the next run.
+    logging.warning(
+        'Cannot write the image cache in %s (%s: %s); carrying on without '
+        'it. Set config.data.cache_dir (or $JREID_CACHE_DIR) to a writable '
+        'folder to skip decoding next time.', cache_dir, type(e).__name__, e)
+    return
+  logging.info('Cached %d decoded images at %s', len(images), files[0])
+
+
+def _decode_into(paths: Sequence[str], which: Sequence[int],
+                 images: np.ndarray, ok: np.ndarray, size: tuple[int, int],
+                 skip_corrupt: bool, num_threads: int | None,
+                 progress: Callable[[int, int], None] | None = None,
+                 ) -> dict[int, Exception]:
+  """Decodes paths[i] into images[i] for i in `which`; returns the failures.
+
+  A failure sets ok[i] = False and zeroes images[i] (skip_corrupt) or raises
+  DatasetError naming the file (otherwise).
+  """
+  errors: dict[int, Exception] = {}
+
+  def work(i: int) -> None:
+    try:
+      images[i] = decode(paths[i], size)
+      ok[i] = True
+    except DECODE_ERRORS as e:
+      if not skip_corrupt:
+        raise DatasetError(corrupt_message(paths[i], e)) from e
+      images[i] = 0
+      ok[i] = False
+      errors[i] = e
+
+  n = len(which)
+  if not n:
+    return errors
+  num_threads = num_threads or min(32, 2 * (os.cpu_count() or 1))
+  step = max(1, n // 10)
+  pool = concurrent.futures.ThreadPoolExecutor(num_threads)
+  try:
+    # map() yields in order; consuming it re-raises the first worker error.
+    for done, _ in enumerate(pool.map(work, which), 1):
+      if done % step == 0 or done == n:
+        if progress is not None:
+          progress(done, n)
+        if n >= 1000:
+          logging.info('Decoded %d / %d images (%d%%)', done, n,
+                       100 * done // n)
+  finally:
+    # On an error, do not decode the rest of a 100k-image set before raising.
+    pool.shutdown(wait=True, cancel_futures=True)
+  return errors
 
 
 def load_images(
@@ -111,6 +199,10 @@ def load_images(
       drops those rows.
     num_threads: decode threads; default min(32, 2 * cpu_count).
     cache_dir: if set, read/write `images_<key>.npy` there (see `cache_key`).
+      A folder that cannot be created or written logs a warning and the
+      images are returned uncached. Entries the cache marks unreadable are
+      decoded again on every load, so a replaced file is picked up (and the
+      cache updated) without clearing the cache.
     progress: called as progress(done, total) about every 10% of the images.
 
   Returns:
@@ -123,51 +215,32 @@ def load_images(
   """
   paths = [str(p) for p in paths]
   n, (h, w) = len(paths), size
-  if cache_dir:
-    img_file, ok_file = _cache_paths(cache_dir, cache_key(paths, size))
-    if os.path.exists(img_file) and os.path.exists(ok_file):
-      images, ok = np.load(img_file), np.load(ok_file)
-      if images.shape == (n, h, w, 3) and ok.shape == (n,):
-        logging.info('Loaded %d decoded images from cache %s', n, img_file)
-        _check_ok(paths, ok, skip_corrupt, errors=None)
-        return images, ok
-      logging.warning('Ignoring cache %s: shape %s, expected %s', img_file,
-                      images.shape, (n, h, w, 3))
+  files = _cache_paths(cache_dir, cache_key(paths, size)) if cache_dir else None
+  cached = _read_cache(files, (n, h, w, 3)) if files else None
+  if cached is not None:
+    images, ok = cached
+    logging.info('Loaded %d decoded images from cache %s', n, files[0])
+    bad = np.flatnonzero(~ok)
+    # The cache key samples only 64 files' stats, so a bad file replaced
+    # since would stay "unreadable" forever. Retrying just the failures is
+    # cheap (they are few, and a broken file fails fast) and needs no record
+    # of their old stats.
+    errors = _decode_into(paths, bad, images, ok, size, skip_corrupt,
+                          num_threads)
+    if ok[bad].any():
+      logging.info('%d image(s) marked unreadable in the cache now decode; '
+                   'updating the cache', int(ok[bad].sum()))
+      _write_cache(cache_dir, files, images, ok)
+    _check_ok(paths, ok, skip_corrupt, errors)
+    return images, ok
 
   images = np.zeros((n, h, w, 3), np.uint8)
   ok = np.ones((n,), bool)
-  errors: dict[int, Exception] = {}
-
-  def work(i: int) -> None:
-    try:
-      images[i] = decode(paths[i], size)
-    except DECODE_ERRORS as e:
-      if not skip_corrupt:
-        raise DatasetError(corrupt_message(paths[i], e)) from e
-      ok[i] = False
-      errors[i] = e
-
-  num_threads = num_threads or min(32, 2 * (os.cpu_count() or 1))
-  step = max(1, n // 10)
-  pool = concurrent.futures.ThreadPoolExecutor(num_threads)
-  try:
-    # map() yields in order; consuming it re-raises the first worker error.
-    for done, _ in enumerate(pool.map(work, range(n)), 1):
-      if done % step == 0 or done == n:
-        if progress is not None:
-          progress(done, n)
-        if n >= 1000:
-          logging.info('Decoded %d / %d images (%d%%)', done, n,
-                       100 * done // n)
-  finally:
-    # On an error, do not decode the rest of a 100k-image set before raising.
-    pool.shutdown(wait=True, cancel_futures=True)
+  errors = _decode_into(paths, range(n), images, ok, size, skip_corrupt,
+                        num_threads, progress)
   _check_ok(paths, ok, skip_corrupt, errors)
-  if cache_dir:
-    os.makedirs(cache_dir, exist_ok=True)
-    _save_atomic(img_file, images)
-    _save_atomic(ok_file, ok)
-    logging.info('Cached %d decoded images at %s', n, img_file)
+  if files:
+    _write_cache(cache_dir, files, images, ok)
   return images, ok
 
 
@@ -177,7 +250,7 @@ def _check_ok(paths: Sequence[str], ok: np.ndarray, skip_corrupt: bool,
   if not bad.size:
     return
   if not skip_corrupt:
-    # Only reachable from a cache written by a skip_corrupt=True run.
+    # _decode_into raises first; kept so no path returns bad rows silently.
     raise DatasetError(corrupt_message(
         paths[bad[0]], OSError('marked unreadable in the image cache')))
   first = paths[bad[0]]

@@ -125,3 +125,75 @@ def test_cache_from_skip_run_still_raises_without_skip(tmp_path):
   assert ok.sum() == 3
   with pytest.raises(DatasetError, match='bad.jpg.*skip_corrupt'):
     images.load_images(paths, (16, 8), cache_dir=cache)
+
+
+def _unsampled_index(n):
+  """An index whose file stats are not part of cache_key (only 64 are)."""
+  sampled = set(np.unique(np.linspace(0, n - 1, 64).astype(int)).tolist())
+  return min(set(range(n)) - sampled)
+
+
+def test_replaced_corrupt_image_is_decoded_again_from_a_cache(
+    tmp_path, monkeypatch):
+  paths = _write(tmp_path, 70, ext='png', size=(2, 4))
+  bad = _unsampled_index(len(paths))
+  good_bytes = open(paths[bad], 'rb').read()
+  with open(paths[bad], 'wb') as f:
+    f.write(b'broken')
+  cache = str(tmp_path / 'cache')
+  _, ok = images.load_images(paths, (4, 2), skip_corrupt=True,
+                             cache_dir=cache)
+  assert np.flatnonzero(~ok).tolist() == [bad]
+  key = images.cache_key(paths, (4, 2))
+  with open(paths[bad], 'wb') as f:  # The user replaces the broken file.
+    f.write(good_bytes)
+  assert images.cache_key(paths, (4, 2)) == key  # The key cannot see it.
+
+  decoded, real = [], images.decode
+  monkeypatch.setattr(images, 'decode',
+                      lambda p, s: decoded.append(p) or real(p, s))
+  arr, ok = images.load_images(paths, (4, 2), cache_dir=cache)
+  assert ok.all() and decoded == [paths[bad]]  # Only the failure, retried.
+  np.testing.assert_array_equal(arr[bad], _reference(paths[bad], (4, 2)))
+  # The cache now holds the image: the next load decodes nothing.
+  decoded.clear()
+  again, ok = images.load_images(paths, (4, 2), cache_dir=cache)
+  assert ok.all() and not decoded
+  np.testing.assert_array_equal(again, arr)
+
+
+def test_still_corrupt_cached_image_keeps_failing_with_its_error(tmp_path):
+  paths = _corrupt(tmp_path)
+  cache = str(tmp_path / 'cache')
+  images.load_images(paths, (16, 8), skip_corrupt=True, cache_dir=cache)
+  _, ok = images.load_images(paths, (16, 8), skip_corrupt=True,
+                             cache_dir=cache)
+  np.testing.assert_array_equal(ok, [True, False, True, False, True])
+  with pytest.raises(DatasetError, match='bad.jpg: UnidentifiedImageError'):
+    images.load_images(paths, (16, 8), cache_dir=cache)
+
+
+def test_unwritable_cache_folder_warns_and_returns_the_images(
+    tmp_path, caplog):
+  paths = _write(tmp_path, 3)
+  blocker = tmp_path / 'file'
+  blocker.write_text('a file where the cache folder should go')
+  cache = str(blocker / 'cache')  # Cannot be created, even by root.
+  arr, ok = images.load_images(paths, (16, 8), cache_dir=cache)
+  assert ok.all()
+  np.testing.assert_array_equal(arr[1], _reference(paths[1], (16, 8)))
+  assert cache in caplog.text and 'config.data.cache_dir' in caplog.text
+
+
+def test_unreadable_cache_entry_is_ignored(tmp_path, caplog):
+  paths = _write(tmp_path, 3)
+  cache = str(tmp_path / 'cache')
+  first, _ = images.load_images(paths, (16, 8), cache_dir=cache)
+  img_file = os.path.join(cache,
+                          f'images_{images.cache_key(paths, (16, 8))}.npy')
+  with open(img_file, 'wb') as f:
+    f.write(b'\x93NUMPY truncated')
+  second, ok = images.load_images(paths, (16, 8), cache_dir=cache)
+  assert ok.all() and 'Ignoring unreadable image cache' in caplog.text
+  np.testing.assert_array_equal(first, second)
+  assert np.load(img_file).shape == (3, 16, 8, 3)  # Rewritten.
