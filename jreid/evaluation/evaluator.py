@@ -1,20 +1,42 @@
-"""Query/gallery retrieval evaluation of a model's test encoder.
+"""Evaluation protocols: one `Evaluator` per entry of config.evals.protocols.
 
-Query and gallery images are decoded once (and cached on disk by
-jreid.data.images); each `run(variables)` extracts features and computes the
-dataset's protocol metrics (Market-style: same id + same camera removed, junk
-ignored). With `config.evals.rerank`, k-reciprocal re-ranking (k1=20, k2=6,
-lambda=0.3) replaces the plain distance.
+`build(config, datasets, extractor)` makes one evaluator per protocol
+(`config.evals.protocols = {name: {type, dataset, ...}}`, big_vision style;
+default: one 'retrieval' protocol on the first dataset), looking each `type` up
+in jreid.registry (kind 'evaluator'). `run_all` runs them all and names their
+metrics `name/metric`, and also gives the primary protocol's metrics unprefixed,
+so `results['mAP']` means what it always did.
+
+A protocol's keys other than `type` and `dataset` override config.evals for
+that protocol only (e.g. `{'type': 'retrieval', 'rerank': True}`).
+
+The 'retrieval' protocol extracts query/gallery features and computes the
+dataset's metrics (Market-style: same id + same camera removed, junk ignored).
+Images are decoded at the first `run`, never at construction. By default they
+are decoded once (and cached on disk by jreid.data.images) and kept in host
+memory. With `config.data.in_memory=False` or `config.evals.stream=True`, they
+are streamed from disk at every run, `block_size` (default 4096) images at a
+time, so a large gallery never sits decoded in host memory; streaming does
+not support `config.data.skip_corrupt` (it would have to decode everything to
+know which rows to drop), which is an error at construction.
+
+With `rerank`, k-reciprocal re-ranking (`rerank_k1`, `rerank_k2`,
+`rerank_lambda`; default 20, 6, 0.3) replaces the plain distance.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
+from jreid import registry
 from jreid.data import pipeline
+from jreid.data import records
 from jreid.evaluation import retrieval
+
+# The protocols when config.evals.protocols is absent or empty: today's one.
+DEFAULT_PROTOCOLS = {'retrieval': {'type': 'retrieval'}}
 
 
 def summarize(metrics: dict[str, Any]) -> dict[str, float]:
@@ -31,41 +53,206 @@ def format(results: dict[str, float]) -> str:  # pylint: disable=redefined-built
                   if k in ('mAP', 'rank1', 'rank5', 'rank10', 'mINP'))
 
 
-class RetrievalEvaluator:
-  """Extracts query/gallery features and evaluates them."""
+class Evaluator:
+  """One evaluation protocol; registered under registry kind 'evaluator'."""
 
-  def __init__(self, config, dataset, extractor):
-    self.config = config
-    self.extractor = extractor
-    self.q_images, self.query = pipeline.load_split_images(
-        config, dataset.query, 'query')
-    self.g_images, self.gallery = pipeline.load_split_images(
-        config, dataset.gallery, 'gallery')
+  name: str = ''
+
+  @classmethod
+  def from_config(cls, name: str, protocol: Mapping[str, Any], config,
+                  datasets: Mapping[str, records.ReidDataset], extractor
+                  ) -> 'Evaluator':
+    """The protocol `name` of config.evals.protocols, on its dataset."""
+    raise NotImplementedError
+
+  def run(self, variables) -> dict[str, float]:
+    """Metrics of the model `variables`, as {metric: value}."""
+    raise NotImplementedError
+
+
+def protocol_settings(evals, protocol: Mapping[str, Any] | None
+                      ) -> dict[str, Any]:
+  """config.evals as a dict, with the protocol's own keys overriding it."""
+  ev = evals.to_dict() if hasattr(evals, 'to_dict') else dict(evals)
+  ev.pop('protocols', None)
+  for key, value in (protocol or {}).items():
+    if key not in ('type', 'dataset'):
+      ev[key] = value
+  return ev
+
+
+def protocol_dataset(name: str, protocol: Mapping[str, Any],
+                     datasets: Mapping[str, records.ReidDataset]
+                     ) -> records.ReidDataset:
+  """datasets[protocol.dataset], or the first dataset when it is not set."""
+  if not datasets:
+    raise ValueError(f'evaluation protocol {name!r}: no datasets')
+  key = protocol.get('dataset') or next(iter(datasets))
+  if key not in datasets:
+    raise KeyError(f'evaluation protocol {name!r}: unknown dataset {key!r}; '
+                   f'known: {list(datasets)}')
+  return datasets[key]
+
+
+class RetrievalEvaluator(Evaluator):
+  """Query/gallery retrieval: extracts features, then ranks the gallery."""
+
+  def __init__(self, config, dataset: records.ReidDataset, extractor, *,
+               name: str = 'retrieval',
+               protocol: Mapping[str, Any] | None = None):
+    self.config, self.dataset, self.extractor = config, dataset, extractor
+    self.name, self.protocol = name, dict(protocol or {})
+    self.stream = (not config.data.get('in_memory', True)
+                   or bool(self.settings.get('stream', False)))
+    if self.stream and config.data.get('skip_corrupt', False):
+      raise ValueError(
+          f'evaluation protocol {name!r}: config.data.skip_corrupt is not '
+          'supported when query and gallery are streamed from disk '
+          '(config.data.in_memory=False or config.evals.stream=True). Remove '
+          'the unreadable files, or evaluate in memory (config.data.in_memory'
+          '=True, config.evals.stream=False).')
+    # Replaced by the decoded subsets at the first in-memory run.
+    self.query, self.gallery = dataset.query, dataset.gallery
+    self.q_images = self.g_images = None
+
+  @classmethod
+  def from_config(cls, name, protocol, config, datasets, extractor
+                  ) -> 'RetrievalEvaluator':
+    return cls(config, protocol_dataset(name, protocol, datasets), extractor,
+               name=name, protocol=protocol)
+
+  @property
+  def settings(self) -> dict[str, Any]:
+    """config.evals with this protocol's overrides, read at every use."""
+    return protocol_settings(self.config.evals, self.protocol)
+
+  def _decode(self) -> None:
+    if self.q_images is None:
+      self.q_images, self.query = pipeline.load_split_images(
+          self.config, self.dataset.query, f'{self.name} query')
+      self.g_images, self.gallery = pipeline.load_split_images(
+          self.config, self.dataset.gallery, f'{self.name} gallery')
+
+  def _stream(self, variables, split: records.Split, what: str) -> np.ndarray:
+    try:
+      return self.extractor.from_paths(
+          variables, split.paths, tuple(self.config.data.image_size),
+          fields=_fields(split),
+          block_size=int(self.settings.get('block_size', 4096)))
+    except records.DatasetError as e:
+      raise records.DatasetError(
+          f'{self.name} {what}, streamed from disk: {e} (skip_corrupt does '
+          'not apply to streamed evaluation; to drop unreadable images, set '
+          'config.data.in_memory=True and config.evals.stream=False)') from e
 
   def features(self, variables) -> tuple[np.ndarray, np.ndarray]:
-    return (self.extractor(variables, self.q_images),
-            self.extractor(variables, self.g_images))
+    """(Q, D) query and (G, D) gallery features of `variables`."""
+    if self.stream:
+      return (self._stream(variables, self.query, 'query'),
+              self._stream(variables, self.gallery, 'gallery'))
+    self._decode()
+    return (self.extractor(variables, self.q_images, _fields(self.query)),
+            self.extractor(variables, self.g_images, _fields(self.gallery)))
 
   def run(self, variables) -> dict[str, float]:
     qf, gf = self.features(variables)
     return self.evaluate(qf, gf)
 
   def evaluate(self, qf: np.ndarray, gf: np.ndarray) -> dict[str, float]:
-    return score(qf, gf, self.query, self.gallery, self.config.evals)
+    return score(qf, gf, self.query, self.gallery, self.settings)
+
+
+def _fields(split: records.Split) -> dict[str, np.ndarray]:
+  # Per-record side inputs (modality, ...) for a custom features_fn; splits
+  # without `fields` give none.
+  return dict(getattr(split, 'fields', None) or {})
 
 
 def score(qf: np.ndarray, gf: np.ndarray, query, gallery, ev
           ) -> dict[str, float]:
-  """Metrics of (Q, D) query and (G, D) gallery features for config.evals."""
+  """Metrics of (Q, D) query and (G, D) gallery features.
+
+  Args:
+    qf: (Q, D) query features.
+    gf: (G, D) gallery features.
+    query: the query Split (pids, camids).
+    gallery: the gallery Split.
+    ev: config.evals or a dict: metric, max_rank, rerank, rerank_k1,
+      rerank_k2, rerank_lambda.
+
+  Returns:
+    summarize()'s {'mAP', 'rank1', 'rank5', 'rank10', 'mINP'}.
+  """
+  max_rank = int(ev.get('max_rank', 50))
   if ev.get('rerank', False):
     from jreid.evaluation import rerank  # pylint: disable=g-import-not-at-top
     # Block by block: at MSMT17 size the re-ranked matrix would be 3.8 GB.
-    blocks = rerank.k_reciprocal_blocks(qf, gf, k1=20, k2=6, lambda_value=0.3)
+    blocks = rerank.k_reciprocal_blocks(
+        qf, gf, k1=int(ev.get('rerank_k1', 20)), k2=int(ev.get('rerank_k2', 6)),
+        lambda_value=float(ev.get('rerank_lambda', 0.3)))
     metrics = retrieval.evaluate_blocks(blocks, query.pids, gallery.pids,
                                         query.camids, gallery.camids,
-                                        max_rank=ev.max_rank)
+                                        max_rank=max_rank)
   else:
     metrics = retrieval.evaluate_features(
         qf, gf, query.pids, gallery.pids, query.camids, gallery.camids,
-        metric=ev.metric, max_rank=ev.max_rank)
+        metric=ev.get('metric', 'euclidean'), max_rank=max_rank)
   return summarize(metrics)
+
+
+def build(config, datasets, extractor) -> dict[str, Evaluator]:
+  """{name: Evaluator} for config.evals.protocols, the primary one first.
+
+  Args:
+    config: the run config; reads config.evals.protocols ({name: {type,
+      dataset, ...}}; absent or empty: DEFAULT_PROTOCOLS) and
+      config.evals.primary (the protocol whose metrics `run_all` also gives
+      unprefixed; '' = the first name in iteration order, which for a
+      ConfigDict is alphabetical).
+    datasets: {key: ReidDataset}; a protocol's `dataset` names a key (default:
+      the first). A single ReidDataset is taken as {its name: it}.
+    extractor: the Extractor every protocol uses.
+
+  Returns:
+    Evaluators in run order, the primary first.
+
+  Raises:
+    KeyError: an unknown protocol type (naming the known ones), dataset or
+      primary.
+  """
+  if isinstance(datasets, records.ReidDataset):
+    datasets = {datasets.name: datasets}
+  protocols = config.evals.get('protocols') or DEFAULT_PROTOCOLS
+  names = list(protocols.keys())
+  primary = config.evals.get('primary', '')
+  if primary:
+    if primary not in names:
+      raise KeyError(f'config.evals.primary={primary!r} is not a protocol; '
+                     f'known: {names}')
+    names.remove(primary)
+    names.insert(0, primary)
+  evaluators = {}
+  for name in names:
+    protocol = protocols[name]
+    if not protocol.get('type'):
+      raise ValueError(f'config.evals.protocols.{name} has no type; known: '
+                       f'{registry.names("evaluator")}')
+    try:
+      cls = registry.get('evaluator', protocol['type'])
+    except KeyError as e:
+      raise KeyError(f'config.evals.protocols.{name}: {e.args[0]}') from None
+    evaluators[name] = cls.from_config(name, protocol, config, datasets,
+                                       extractor)
+  return evaluators
+
+
+def run_all(evaluators: Mapping[str, Evaluator], variables
+            ) -> dict[str, float]:
+  """Every protocol's metrics as 'name/metric', plus the first's unprefixed."""
+  results, first = {}, None
+  for name, ev in evaluators.items():
+    metrics = ev.run(variables)
+    if first is None:
+      first = metrics
+    results.update({f'{name}/{k}': v for k, v in metrics.items()})
+  return {**(first or {}), **results}
