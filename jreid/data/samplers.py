@@ -35,6 +35,19 @@ labels before building the dataset, so outliers are singleton ids there
 (emitting one index each under 'rmgs'); `outliers_as_singletons=True` does
 that relabelling here.
 
+Registered kinds: `register(kind, fn, needs)` adds a kind without touching
+this module. `fn(fields, num_instances, batch_size, rng)` returns the index
+pieces of one pass, which are concatenated and cut into batches exactly as the
+built-ins' are. `fields` holds 'label' (after `outliers_as_singletons`), 'camid'
+when camids are given, and every extra per-record array passed as
+`epoch_batches(..., fields=...)`; `needs` names the fields the kind cannot do
+without. A registered kind may emit index -1: a padding slot, whose fields the
+loop sets to -1 (`methods.base.gather_fields`) so that the losses mask it. The
+five identity samplers above never pad.
+
+  shuffle          (registered, GCL) a random permutation of every record with
+                   label >= 0, with no identity grouping.
+
 Epochs: a sampler pass yields a flat index stream, cut into batches with
 drop_last. The references wrap the loader in an IterLoader that restarts the
 sampler with a fresh permutation when exhausted and run a fixed number of
@@ -46,15 +59,24 @@ references' distributions, not their torch / `random` bit streams.
 
 from __future__ import annotations
 
-from typing import Callable
+import dataclasses
+from typing import Callable, Mapping
 
 import numpy as np
 
-KINDS = ('random_identity', 'rmgs', 'rmgs_nocam', 'more_camera',
-         'class_uniform')
-_NEEDS_CAMERAS = ('rmgs', 'more_camera')
-
 Groups = list[np.ndarray]
+# fn(fields, num_instances, batch_size, rng) -> index pieces of one pass.
+SamplerFn = Callable[[dict[str, np.ndarray], int, int, np.random.Generator],
+                     list[np.ndarray]]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Kind:
+  fn: Callable[..., list[np.ndarray]]
+  needs: tuple[str, ...]
+  # The five identity samplers take (groups, camids, k, B, rng) and never pad;
+  # registered kinds take the `fields` dict and may emit -1.
+  grouped: bool
 
 
 def _rng(seed: int, epoch: int, restart: int) -> np.random.Generator:
@@ -62,13 +84,19 @@ def _rng(seed: int, epoch: int, restart: int) -> np.random.Generator:
       np.random.PCG64(np.random.SeedSequence([seed, epoch, restart])))
 
 
+def _singleton_outliers(labels: np.ndarray) -> np.ndarray:
+  """int64 copy of `labels` with each label < 0 replaced by a new id."""
+  labels = labels.astype(np.int64)
+  out = labels < 0
+  labels[out] = labels.max(initial=-1) + 1 + np.arange(out.sum())
+  return labels
+
+
 def _groups(labels: np.ndarray, outliers_as_singletons: bool) -> Groups:
   """Record indices per label >= 0, ascending within each id, ids sorted."""
   labels = labels.astype(np.int64)
   if outliers_as_singletons:
-    out = labels < 0
-    labels = labels.copy()
-    labels[out] = labels.max(initial=-1) + 1 + np.arange(out.sum())
+    labels = _singleton_outliers(labels)
   valid = np.flatnonzero(labels >= 0)
   if not len(valid):
     return []
@@ -150,18 +178,53 @@ def _class_uniform(groups: Groups, camids, k: int, batch_size: int,
   return out
 
 
-_STREAMS: dict[str, Callable[..., list[np.ndarray]]] = {
-    'random_identity': _random_identity,
-    'rmgs': _rmgs,
-    'rmgs_nocam': _rmgs_nocam,
-    'more_camera': _more_camera,
-    'class_uniform': _class_uniform,
+def _shuffle(fields: dict[str, np.ndarray], num_instances: int,
+             batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+  """GCL: every record with label >= 0 once, in random order."""
+  del num_instances, batch_size
+  return [rng.permutation(np.flatnonzero(fields['label'] >= 0))]
+
+
+_TABLE: dict[str, _Kind] = {
+    'random_identity': _Kind(_random_identity, (), grouped=True),
+    'rmgs': _Kind(_rmgs, ('camid',), grouped=True),
+    'rmgs_nocam': _Kind(_rmgs_nocam, (), grouped=True),
+    'more_camera': _Kind(_more_camera, ('camid',), grouped=True),
+    'class_uniform': _Kind(_class_uniform, (), grouped=True),
 }
+KINDS: tuple[str, ...] = tuple(_TABLE)
+_RESERVED_FIELDS = ('label', 'camid')
 
 
-def _check(labels, camids, kind, batch_size, num_instances, seed, epoch):
-  """Validates arguments; returns labels and camids as numpy arrays."""
-  if kind not in KINDS:
+def register(kind: str, fn: SamplerFn, needs: tuple[str, ...] = ()) -> None:
+  """Adds sampler `kind`, selectable wherever the built-in kinds are.
+
+  Args:
+    kind: the name (config.sampler.kind).
+    fn: fn(fields, num_instances, batch_size, rng) -> list of 1-D integer
+      index arrays, the pieces of one pass (see the module docstring). `fields`
+      maps 'label', 'camid' (when given) and the extra fields to read-only
+      (N,) arrays; -1 in a piece is a padding slot.
+    needs: fields `fn` reads beyond 'label'; epoch_batches raises naming the
+      missing one instead of a KeyError inside `fn`.
+
+  Raises:
+    ValueError: `kind` names a built-in or a different registered sampler
+      (registering the same `fn` again is a no-op).
+  """
+  global KINDS
+  old = _TABLE.get(kind)
+  if old is not None and (old.grouped or old.fn is not fn):
+    raise ValueError(f'sampler kind {kind!r} is already registered; known: '
+                     f'{KINDS}')
+  _TABLE[kind] = _Kind(fn, tuple(needs), grouped=False)
+  KINDS = tuple(_TABLE)
+
+
+def _check(labels, camids, kind, batch_size, num_instances, seed, epoch,
+           fields=None):
+  """Validates arguments; returns labels, camids and the extra fields."""
+  if kind not in _TABLE:
     raise ValueError(f'unknown sampler kind {kind!r}; known: {KINDS}')
   labels = np.asarray(labels)
   if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
@@ -172,8 +235,25 @@ def _check(labels, camids, kind, batch_size, num_instances, seed, epoch):
     if camids.shape != labels.shape:
       raise ValueError(f'camids {camids.shape} and labels {labels.shape} '
                        'differ in shape')
-  elif kind in _NEEDS_CAMERAS:
-    raise ValueError(f'sampler {kind!r} needs camids')
+  extra = {}
+  for name, values in (fields or {}).items():
+    if name in _RESERVED_FIELDS:
+      raise ValueError(f'field {name!r} is passed as labels / camids, not in '
+                       '`fields`')
+    values = np.asarray(values)
+    if values.ndim < 1 or len(values) != len(labels):
+      raise ValueError(f'field {name!r} has shape {values.shape}; it needs '
+                       f'one entry per record ({len(labels)})')
+    extra[name] = values
+  given = {'label'} | ({'camid'} if camids is not None else set()) | set(extra)
+  for name in _TABLE[kind].needs:
+    if name not in given:
+      if name == 'camid':
+        raise ValueError(f'sampler {kind!r} needs camids (field \'camid\')')
+      raise ValueError(
+          f'sampler {kind!r} needs field {name!r}, which was not given '
+          f'(given: {sorted(given)}); pass it as epoch_batches(..., '
+          f'fields={{{name!r}: per-record array}})')
   if batch_size < 1 or num_instances < 1:
     raise ValueError(f'batch_size ({batch_size}) and num_instances '
                      f'({num_instances}) must be >= 1')
@@ -182,24 +262,69 @@ def _check(labels, camids, kind, batch_size, num_instances, seed, epoch):
                      f'a multiple of num_instances ({num_instances})')
   if seed < 0 or epoch < 0:
     raise ValueError(f'seed ({seed}) and epoch ({epoch}) must be >= 0')
-  return labels, camids
+  return labels, camids, extra
 
 
-def _no_batch_error(kind, groups, labels, stream_len, batch_size, k):
+def _no_batch_error(kind, labels, stream_len, batch_size, k, groups=None):
+  if groups is None:  # A registered kind: no id grouping to report.
+    what = f'{np.sum(labels >= 0)} of {len(labels)} records have label >= 0'
+  else:
+    what = (f'{len(groups)} ids with label >= 0 ({sum(map(len, groups))} of '
+            f'{len(labels)} records; label -1 = outlier is skipped)')
   need = (f'P = batch_size / num_instances = {batch_size // k} distinct ids'
           if kind == 'random_identity' else f'{batch_size} indices')
   return ValueError(
-      f'sampler {kind!r} cannot fill one batch: {len(groups)} ids with '
-      f'label >= 0 ({sum(map(len, groups))} of {len(labels)} records; '
-      f'label -1 = outlier is skipped) give {stream_len} indices per pass, '
-      f'and a batch needs {need}. Lower batch_size, or check the (pseudo) '
-      f'labels: clustering may have found too few clusters.')
+      f'sampler {kind!r} cannot fill one batch: {what} give {stream_len} '
+      f'indices per pass, and a batch needs {need}. Lower batch_size, or '
+      f'check the (pseudo) labels: clustering may have found too few '
+      f'clusters.')
+
+
+def _read_only(a: np.ndarray) -> np.ndarray:
+  a = a.view()
+  a.flags.writeable = False  # `fields` are shared by every pass.
+  return a
+
+
+def _pass_fn(kind, labels, camids, extra, outliers_as_singletons):
+  """draw(rng, k, batch_size) -> (pieces of one pass, groups or None)."""
+  spec = _TABLE[kind]
+  if spec.grouped:
+    groups = _groups(labels, outliers_as_singletons)
+    return lambda rng, k, batch_size: (
+        spec.fn(groups, camids, k, batch_size, rng), groups)
+  fields = {'label': _singleton_outliers(labels) if outliers_as_singletons
+            else labels}
+  if camids is not None:
+    fields['camid'] = camids
+  fields = {k: _read_only(v) for k, v in {**fields, **extra}.items()}
+  n = len(labels)
+
+  def draw(rng, k, batch_size):
+    parts = []
+    for part in spec.fn(dict(fields), k, batch_size, rng):
+      part = np.asarray(part)
+      if part.size and (part.ndim != 1 or
+                        not np.issubdtype(part.dtype, np.integer)):
+        raise ValueError(f'sampler {kind!r} returned a piece of '
+                         f'{part.dtype} {part.shape}; pieces must be 1-D '
+                         'integer index arrays')
+      if part.size and (part.min() < -1 or part.max() >= n):
+        raise ValueError(f'sampler {kind!r} returned indices in '
+                         f'[{part.min()}, {part.max()}]; they must lie in '
+                         f'[-1, {n}) (-1 = padding)')
+      parts.append(part.reshape(-1).astype(np.int64))
+    return parts, None
+
+  return draw
 
 
 def epoch_batches(labels, camids=None, *, kind: str, batch_size: int,
                   num_instances: int, seed: int, epoch: int,
                   num_batches: int | None = None,
-                  outliers_as_singletons: bool = False) -> np.ndarray:
+                  outliers_as_singletons: bool = False,
+                  fields: Mapping[str, np.ndarray] | None = None
+                  ) -> np.ndarray:
   """The batches of one epoch, deterministic in (labels, camids, seed, epoch).
 
   Args:
@@ -214,27 +339,32 @@ def epoch_batches(labels, camids=None, *, kind: str, batch_size: int,
       pass is exhausted); None = the natural epoch of one pass, drop_last.
     outliers_as_singletons: give each label < 0 record its own id (SpCL and
       CACL) instead of skipping it.
+    fields: extra per-record arrays (leading dim N) for registered kinds,
+      e.g. {'modality': ...}; not 'label' or 'camid'. The built-ins ignore
+      them.
 
   Returns:
-    int32 (num_batches, batch_size) indices into the N records.
+    int32 (num_batches, batch_size) indices into the N records; -1 = a
+    padding slot (registered kinds only).
 
   Raises:
-    ValueError: bad arguments, or a pass that cannot fill a single batch.
+    ValueError: bad arguments, a field the kind needs is missing, or a pass
+      that cannot fill a single batch.
   """
-  labels, camids = _check(labels, camids, kind, batch_size, num_instances,
-                          seed, epoch)
+  labels, camids, extra = _check(labels, camids, kind, batch_size,
+                                 num_instances, seed, epoch, fields)
   if num_batches is not None and num_batches < 1:
     raise ValueError(f'num_batches must be >= 1 or None, got {num_batches}')
-  groups = _groups(labels, outliers_as_singletons)
+  draw = _pass_fn(kind, labels, camids, extra, outliers_as_singletons)
   blocks, total, restart = [], 0, 0
   while num_batches is None or total < num_batches:
-    parts = _STREAMS[kind](groups, camids, num_instances, batch_size,
-                           _rng(seed, epoch, restart))
+    parts, groups = draw(_rng(seed, epoch, restart), num_instances,
+                         batch_size)
     stream = np.concatenate(parts) if parts else np.zeros(0, np.int64)
     n = len(stream) // batch_size
     if n == 0:
-      raise _no_batch_error(kind, groups, labels, len(stream), batch_size,
-                            num_instances)
+      raise _no_batch_error(kind, labels, len(stream), batch_size,
+                            num_instances, groups)
     blocks.append(stream[:n * batch_size].reshape(n, batch_size))
     total += n
     restart += 1
@@ -245,20 +375,22 @@ def epoch_batches(labels, camids=None, *, kind: str, batch_size: int,
 
 def num_batches_per_epoch(labels, camids=None, *, kind: str, batch_size: int,
                           num_instances: int, seed: int = 0, epoch: int = 0,
-                          outliers_as_singletons: bool = False) -> int:
+                          outliers_as_singletons: bool = False,
+                          fields: Mapping[str, np.ndarray] | None = None
+                          ) -> int:
   """Batches in the natural epoch (one pass, drop_last).
 
-  Closed form for every kind but 'random_identity', whose length depends on
-  the draws (ids with many chunks can outlast the others), so it runs that
-  epoch's sampler for (seed, epoch).
+  Closed form for the identity kinds but 'random_identity', whose length
+  depends on the draws (ids with many chunks can outlast the others), so it
+  runs that epoch's sampler for (seed, epoch), as for every registered kind.
   """
-  labels, camids = _check(labels, camids, kind, batch_size, num_instances,
-                          seed, epoch)
-  if kind == 'random_identity':
+  labels, camids, extra = _check(labels, camids, kind, batch_size,
+                                 num_instances, seed, epoch, fields)
+  if kind == 'random_identity' or not _TABLE[kind].grouped:
     return len(epoch_batches(
         labels, camids, kind=kind, batch_size=batch_size,
         num_instances=num_instances, seed=seed, epoch=epoch,
-        outliers_as_singletons=outliers_as_singletons))
+        outliers_as_singletons=outliers_as_singletons, fields=extra))
   groups = _groups(labels, outliers_as_singletons)
   sizes = np.array([len(g) for g in groups], np.int64)
   if kind in ('rmgs', 'rmgs_nocam'):  # Singletons emit only the anchor.
@@ -266,6 +398,9 @@ def num_batches_per_epoch(labels, camids=None, *, kind: str, batch_size: int,
   else:
     stream_len = num_instances * len(groups)
   if stream_len < batch_size:
-    raise _no_batch_error(kind, groups, labels, stream_len, batch_size,
-                          num_instances)
+    raise _no_batch_error(kind, labels, stream_len, batch_size,
+                          num_instances, groups)
   return stream_len // batch_size
+
+
+register('shuffle', _shuffle)

@@ -175,3 +175,147 @@ def test_errors():
     _batches(labels, camids, 'pk')
   with pytest.raises(ValueError, match='multiple of num_instances'):
     _batches(labels, camids, 'random_identity', batch_size=6)
+
+
+# Registered kinds.
+
+
+@pytest.fixture
+def registry(monkeypatch):
+  """Kinds registered inside a test vanish after it."""
+  monkeypatch.setattr(samplers, '_TABLE', dict(samplers._TABLE))
+  monkeypatch.setattr(samplers, 'KINDS', samplers.KINDS)
+
+
+def _pass_rng(seed, epoch, restart):
+  """The per-pass generator the module docstring promises."""
+  return np.random.Generator(
+      np.random.PCG64(np.random.SeedSequence([seed, epoch, restart])))
+
+
+def _padded_bags(fields, k, batch_size, rng):
+  """Mini-bags: K members of one bag per slot group, -1 where it has fewer."""
+  del batch_size
+  assert set(fields) == {'label', 'camid', 'bag'}
+  bag, valid = fields['bag'], fields['label'] >= 0
+  out = []
+  for b in rng.permutation(np.unique(bag[valid])):
+    members = rng.permutation(np.flatnonzero(valid & (bag == b)))[:k]
+    out.append(np.concatenate([members, -np.ones(k - len(members), int)]))
+  return out
+
+
+def _registered_elsewhere(fields, k, batch_size, rng):
+  return _padded_bags(fields, k, batch_size, rng)
+
+
+def test_registered_kind_pads_reads_extra_fields_and_restarts(registry):
+  labels, camids = _dataset(num_ids=20)
+  bag = np.random.default_rng(1).integers(0, 40, len(labels))  # 1..K+
+  samplers.register('padded_bags', _padded_bags, needs=('bag',))
+  assert 'padded_bags' in samplers.KINDS
+  kw = dict(kind='padded_bags', batch_size=8, num_instances=4, seed=3,
+            epoch=2, fields={'bag': bag})
+  # Reference: passes drawn with the documented rng, each cut into batches
+  # with drop_last, concatenated until num_batches exist.
+  blocks = []
+  for restart in range(3):
+    stream = np.concatenate(_padded_bags(
+        {'label': labels, 'camid': camids, 'bag': bag}, 4, 8,
+        _pass_rng(3, 2, restart)))
+    blocks.append(stream[:len(stream) // 8 * 8].reshape(-1, 8))
+  num_batches = 2 * len(blocks[0]) + 1  # Three passes.
+  expected = np.concatenate(blocks)[:num_batches]
+  got = samplers.epoch_batches(labels, camids, num_batches=num_batches, **kw)
+  assert got.dtype == np.int32
+  np.testing.assert_array_equal(got, expected)
+  assert np.any(got == -1)
+  # Padding trails each bag's members; each slot group is one bag.
+  for group in got.reshape(-1, 4):
+    real = group[group >= 0]
+    assert np.all(group[len(real):] == -1) and len(set(bag[real])) == 1
+    assert np.all(labels[real] >= 0)
+  natural = samplers.epoch_batches(labels, camids, **kw)
+  np.testing.assert_array_equal(natural, blocks[0])  # One pass.
+  assert len(natural) == samplers.num_batches_per_epoch(labels, camids, **kw)
+
+
+def test_registered_kind_sees_singleton_outliers(registry):
+  seen = []
+
+  def spy(fields, k, batch_size, rng):
+    del k, batch_size, rng
+    assert set(fields) == {'label'}  # No camids given.
+    assert not fields['label'].flags.writeable  # Shared by every pass.
+    seen.append(fields['label'].copy())
+    return [np.arange(len(fields['label']))]
+
+  samplers.register('spy', spy)
+  labels = np.array([3, -1, 0, -1])
+  samplers.epoch_batches(labels, kind='spy', batch_size=2, num_instances=1,
+                         seed=0, epoch=0, outliers_as_singletons=True)
+  assert set(seen[0]) == {0, 3, 4, 5} and np.all(seen[0][[0, 2]] == [3, 0])
+  samplers.epoch_batches(labels, kind='spy', batch_size=2, num_instances=1,
+                         seed=0, epoch=0)
+  np.testing.assert_array_equal(seen[1], labels)
+
+
+def test_registration_errors(registry):
+  labels, camids = _dataset()
+  samplers.register('padded_bags', _padded_bags, needs=('bag',))
+  kw = dict(kind='padded_bags', batch_size=8, num_instances=4, seed=0,
+            epoch=0)
+  with pytest.raises(ValueError, match="needs field 'bag'"):
+    samplers.epoch_batches(labels, camids, **kw)
+  with pytest.raises(ValueError, match="needs field 'bag'"):
+    samplers.num_batches_per_epoch(labels, camids, **kw)
+  with pytest.raises(ValueError, match='one entry per record'):
+    samplers.epoch_batches(labels, camids, fields={'bag': labels[:-1]}, **kw)
+  with pytest.raises(ValueError, match="field 'label'"):
+    samplers.epoch_batches(labels, camids, fields={'label': labels}, **kw)
+  with pytest.raises(ValueError, match='already registered'):
+    samplers.register('rmgs', _padded_bags)
+  with pytest.raises(ValueError, match='already registered'):
+    samplers.register('padded_bags', _registered_elsewhere)
+  samplers.register('padded_bags', _padded_bags, needs=('bag',))  # Same fn.
+  with pytest.raises(ValueError, match="known: .*'padded_bags'"):
+    samplers.epoch_batches(labels, camids, kind='pk', batch_size=8,
+                           num_instances=4, seed=0, epoch=0)
+  samplers.register('wild', lambda f, k, b, rng: [np.array([0, len(labels)])])
+  with pytest.raises(ValueError, match=r'must lie in \[-1, '):
+    samplers.epoch_batches(labels, camids, kind='wild', batch_size=2,
+                           num_instances=1, seed=0, epoch=0)
+  samplers.register('empty', lambda f, k, b, rng: [])
+  with pytest.raises(ValueError, match='cannot fill one batch'):
+    samplers.epoch_batches(labels, camids, kind='empty', batch_size=2,
+                           num_instances=1, seed=0, epoch=0)
+
+
+def test_builtins_ignore_extra_fields():
+  labels, camids = _dataset()
+  for kind in ('random_identity', 'rmgs', 'more_camera', 'shuffle'):
+    np.testing.assert_array_equal(
+        _batches(labels, camids, kind),
+        _batches(labels, camids, kind, fields={'bag': np.zeros_like(labels)}))
+
+
+def test_shuffle_covers_every_valid_record_once_per_pass():
+  labels, camids = _dataset(num_ids=30)
+  valid = np.flatnonzero(labels >= 0)
+  b = next(d for d in range(12, 2, -1) if len(valid) % d == 0)
+  per_pass = len(valid) // b
+  batches = _batches(labels, None, 'shuffle', batch_size=b,
+                     num_batches=3 * per_pass)
+  passes = batches.reshape(3, -1)
+  for p in passes:  # One pass = a permutation of the valid records.
+    np.testing.assert_array_equal(np.sort(p), valid)
+  assert not np.array_equal(passes[0], passes[1])
+  # With drop_last the natural epoch is distinct valid records, and
+  # outliers_as_singletons brings the outliers in.
+  natural = _batches(labels, None, 'shuffle', batch_size=16).ravel()
+  assert len(natural) == len(valid) // 16 * 16
+  assert len(set(natural.tolist())) == len(natural)
+  assert np.all(labels[natural] >= 0)
+  every = _batches(labels, None, 'shuffle', batch_size=1,
+                   outliers_as_singletons=True).ravel()
+  np.testing.assert_array_equal(np.sort(every), np.arange(len(labels)))
