@@ -150,8 +150,9 @@ def test_width_and_arch_checks(r18, tmp_path):
       lambda s: np.zeros(s.shape, np.float32),
       jax.eval_shape(lambda: tiny.init({'params': jax.random.key(0)}, X,
                                        train=False)))
-  with pytest.raises(ValueError, match='model.width=64'):
+  with pytest.raises(ValueError, match='model.width=64') as e:
     load_pretrained(tiny_vars, path, arch='resnet18')
+  assert "prefix ('backbone',)" in str(e.value)
   with pytest.raises(ValueError, match="not a 'resnet34' backbone"):
     load_pretrained(fresh, path, arch='resnet34')
   with pytest.raises(ValueError, match='resnet50_ibn_a'):
@@ -190,3 +191,196 @@ def test_pth_with_torch(r18, tmp_path):
   loaded = load_pretrained(fresh, str(path), arch='resnet18')
   _assert_trees_equal(loaded['params']['backbone'],
                       src['params']['backbone'])
+
+
+def _two_nets(fresh):
+  """CACL-shaped variables: two ReIDNets under 'color' and 'gray'."""
+  return {c: {'color': fresh[c], 'gray': fresh[c]}
+          for c in ('params', 'batch_stats')}
+
+
+def test_explicit_prefix_and_its_errors(r18, tmp_path):
+  _, src, fresh = r18
+  path = str(tmp_path / 'r18.npz')
+  export_torchvision(src, path)
+  two = _two_nets(fresh)
+  loaded = load_pretrained(two, path, arch='resnet18',
+                           prefix=('color', 'backbone'))
+  for c in ('params', 'batch_stats'):
+    _assert_trees_equal(loaded[c]['color']['backbone'], src[c]['backbone'])
+    _assert_trees_equal(loaded[c]['color']['head'], fresh[c]['head'])
+    _assert_trees_equal(loaded[c]['gray'], fresh[c])  # The other copy.
+  # 'a/b' is the same prefix as ('a', 'b').
+  _assert_trees_equal(
+      load_pretrained(two, path, arch='resnet18', prefix='color/backbone'),
+      loaded)
+  # prefix=None keeps the auto-detection: ('backbone',) of a ReIDNet.
+  _assert_trees_equal(
+      load_pretrained(fresh, path, arch='resnet18'),
+      load_pretrained(fresh, path, arch='resnet18', prefix=('backbone',)))
+  with pytest.raises(ValueError,
+                     match=r"no 'colour' at \(\) .*'color', 'gray'"):
+    load_pretrained(two, path, arch='resnet18', prefix=('colour', 'backbone'))
+  # A prefix one level too high holds the head too: named, not a KeyError.
+  with pytest.raises(ValueError) as e:
+    load_pretrained(two, path, arch='resnet18', prefix=('color',))
+  msg = str(e.value)
+  assert "prefix ('color',) are not a 'resnet18' backbone" in msg
+  assert 'backbone.conv1.weight' in msg
+  assert "did you mean prefix=('color', 'backbone')?" in msg
+
+
+def test_one_file_into_two_prefixes(r18, tmp_path, monkeypatch):
+  _, src, fresh = r18
+  path = str(tmp_path / 'r18.safetensors')
+  export_torchvision(src, path)
+  reads = []
+  read = pretrained.read_state_dict
+  monkeypatch.setattr(pretrained, 'read_state_dict',
+                      lambda p: reads.append(p) or read(p))
+  two = _two_nets(fresh)
+  loaded = pretrained.load_pretrained_into(
+      two, path, arch='resnet18',
+      prefixes=[('color', 'backbone'), 'gray/backbone'])
+  assert reads == [path]  # One read for both copies.
+  single = load_pretrained(fresh, path, arch='resnet18')
+  for c in ('params', 'batch_stats'):
+    for net in ('color', 'gray'):
+      _assert_trees_equal(loaded[c][net], single[c])
+  # The input is not modified.
+  _assert_trees_equal(two['params']['gray'], fresh['params'])
+  with pytest.raises(ValueError, match='repeated'):
+    pretrained.load_pretrained_into(
+        two, path, arch='resnet18',
+        prefixes=[('color', 'backbone'), 'color/backbone'])
+
+
+@pytest.fixture(scope='module')
+def with_branch(r18):
+  """ReIDNet variables plus 'branch2': a 2nd layer4, ResNet(first_stage=4)."""
+  _, _, fresh = r18
+  net = resnet.ResNet(arch='resnet18', width=64, first_stage=4)
+  branch = jax.tree.map(
+      lambda s: np.zeros(s.shape, np.float32),
+      jax.eval_shape(lambda: net.init(jax.random.key(0),
+                                      jnp.zeros((1, 4, 2, 256)), train=False)))
+  assert sorted(branch['params']) == ['layer4_0', 'layer4_1']
+  return {c: {**fresh[c], 'branch2': branch[c]}
+          for c in ('params', 'batch_stats')}
+
+
+def test_layer4_branch_from_the_same_file(r18, with_branch, tmp_path):
+  _, src, fresh = r18
+  path = str(tmp_path / 'r18.npz')
+  export_torchvision(src, path)
+  v = with_branch
+  loaded = pretrained.load_pretrained_into(
+      v, path, arch='resnet18',
+      prefixes={('backbone',): '', ('branch2',): 'layer4.'})
+  for c in ('params', 'batch_stats'):
+    _assert_trees_equal(loaded[c]['backbone'], src[c]['backbone'])
+    for j in range(2):
+      _assert_trees_equal(loaded[c]['branch2'][f'layer4_{j}'],
+                          src[c]['backbone'][f'layer4_{j}'])
+  # The branch alone: the backbone keeps its init.
+  alone = load_pretrained(v, path, arch='resnet18', prefix='branch2',
+                          key_prefix='layer4.')
+  _assert_trees_equal(alone['params']['branch2'], loaded['params']['branch2'])
+  _assert_trees_equal(alone['params']['backbone'], fresh['params']['backbone'])
+  # The other recipe: load the backbone, copy its layer4 blocks.
+  copied = load_pretrained(v, path, arch='resnet18')
+  for j in range(2):
+    copied = pretrained.copy_subtree(copied, ('backbone', f'layer4_{j}'),
+                                     ('branch2', f'layer4_{j}'))
+  _assert_trees_equal(copied, loaded)
+  # The branch holds layer4's keys: not layer3's, nor a whole backbone's.
+  with pytest.raises(ValueError) as e:
+    load_pretrained(v, path, arch='resnet18', prefix='branch2',
+                    key_prefix='layer3.')
+  assert "prefix ('branch2',)" in str(e.value)
+  assert "the 'layer3.' keys of a 'resnet18' backbone" in str(e.value)
+  with pytest.raises(ValueError,
+                     match=r"prefix \('branch2',\) are not a 'resnet18'"):
+    load_pretrained(v, path, arch='resnet18', prefix='branch2')
+  with pytest.raises(ValueError, match="'layer7.' .* matches no key"):
+    load_pretrained(v, path, arch='resnet18', prefix='branch2',
+                    key_prefix='layer7.')
+
+
+def test_copy_subtree(r18):
+  _, src, _ = r18
+  # resnet18's layer1_0 and layer1_1 have the same structure (no downsample).
+  out = pretrained.copy_subtree(src, ('backbone', 'layer1_1'),
+                                'backbone/layer1_0')
+  for c in ('params', 'batch_stats'):
+    _assert_trees_equal(out[c]['backbone']['layer1_0'],
+                        src[c]['backbone']['layer1_1'])
+    _assert_trees_equal(out[c]['backbone']['layer1_1'],
+                        src[c]['backbone']['layer1_1'])
+    _assert_trees_equal(out[c]['head'], src[c]['head'])
+    assert jax.tree.structure(out[c]) == jax.tree.structure(src[c])
+  # A new tree: the input still holds its own layer1_0.
+  assert not np.array_equal(src['params']['backbone']['layer1_0']['conv1'][
+      'kernel'], src['params']['backbone']['layer1_1']['conv1']['kernel'])
+  assert out['params']['backbone']['layer1_0']['conv1']['kernel'] is not (
+      src['params']['backbone']['layer1_1']['conv1']['kernel'])
+
+
+def test_copy_subtree_errors(r18):
+  _, src, _ = r18
+  with pytest.raises(ValueError) as e:
+    pretrained.copy_subtree(src, ('backbone', 'layer1_0'),
+                            ('backbone', 'layer2_0'))
+  msg = str(e.value)
+  assert "('backbone', 'layer1_0') -> ('backbone', 'layer2_0')" in msg
+  assert 'downsample_0/kernel' in msg and 'shapes' in msg
+  with pytest.raises(ValueError, match=r"<leaf>: \(3, 3, 64, 64\) "
+                     r'vs \(3, 3, 128, 128\)'):
+    pretrained.copy_subtree(src, ('backbone', 'layer1_0', 'conv2', 'kernel'),
+                            ('backbone', 'layer2_0', 'conv2', 'kernel'))
+  with pytest.raises(ValueError, match="no 'layer9_0'"):
+    pretrained.copy_subtree(src, ('backbone', 'layer9_0'),
+                            ('backbone', 'layer1_0'))
+
+
+def test_copy_subtree_keeps_destination_sharding():
+  mesh = jax.sharding.Mesh(np.array(jax.devices()), ('data',))
+  spec = jax.sharding.PartitionSpec
+  rep = jax.sharding.NamedSharding(mesh, spec())
+  part = jax.sharding.NamedSharding(mesh, spec('data'))
+  n = len(jax.devices())
+  a = jax.device_put(np.arange(n * 4, dtype=np.float32).reshape(n, 4), rep)
+  b = jax.device_put(np.zeros((n, 4), np.float32), part)
+  v = {'params': {'a': {'w': a}, 'b': {'w': b}}, 'batch_stats': {}}
+  out = pretrained.copy_subtree(v, ('a',), ('b',))
+  got = out['params']['b']['w']
+  assert got.sharding == part
+  np.testing.assert_array_equal(got, a)
+  np.testing.assert_array_equal(v['params']['b']['w'], 0.)  # Not mutated.
+
+
+def test_missing_file_is_reported_before_the_width_check(tmp_path):
+  tiny = build_model({'name': 'resnet18', 'width': 8}, 0)
+  tiny_vars = jax.tree.map(
+      lambda s: np.zeros(s.shape, np.float32),
+      jax.eval_shape(lambda: tiny.init({'params': jax.random.key(0)}, X,
+                                       train=False)))
+  path = str(tmp_path / 'nowhere.npz')
+  with pytest.raises(FileNotFoundError, match='nowhere.npz'):
+    load_pretrained(tiny_vars, path, arch='resnet18')
+  with pytest.raises(FileNotFoundError, match='nowhere.npz'):
+    pretrained.load_pretrained_into(tiny_vars, path, arch='resnet34',
+                                    prefixes=['backbone'])
+
+
+@pytest.mark.parametrize('suffix', ['npz', 'safetensors'])
+def test_garbled_file_names_its_path(r18, tmp_path, suffix):
+  _, _, fresh = r18
+  path = tmp_path / f'weights.{suffix}'
+  path.write_text('this is a text file, not weights\n')
+  with pytest.raises(ValueError) as e:
+    load_pretrained(fresh, str(path), arch='resnet18')
+  msg = str(e.value)
+  assert msg.startswith(f'cannot read pretrained weights {str(path)!r} as '
+                        f'.{suffix}')
+  assert 'pickle' not in msg  # numpy's advice to unpickle a text file.
