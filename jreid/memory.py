@@ -37,7 +37,8 @@ Array = jax.Array
 Bank = dict[str, Array]
 
 
-def capacity_for(num_train: int, multiple: int = 256) -> int:
+def capacity_for(num_train: int, multiple: int = 256, *,
+                 singleton_outliers: bool = False) -> int:
   """A fixed bank capacity for any clustering of `num_train` points.
 
   ceil(N / 2) rounded up to `multiple`. A DBSCAN cluster (min_samples = 4)
@@ -51,15 +52,21 @@ def capacity_for(num_train: int, multiple: int = 256) -> int:
   to it, so the bank can be sharded along it. The builders raise a
   ValueError naming the config field to raise when K overflows.
 
+  Methods that keep DBSCAN outliers as singleton classes (SpCL, CACL) can
+  have up to N labels (a clustering of an untrained network is mostly
+  outliers), so their capacity is N rounded up.
+
   Args:
     num_train: number of training images N.
     multiple: round up to a multiple of this.
+    singleton_outliers: every outlier is its own class: capacity N.
 
   Returns:
     The capacity, >= `multiple`.
   """
-  half = max(math.ceil(num_train / 2), 1)
-  return int(math.ceil(half / multiple) * multiple)
+  need = num_train if singleton_outliers else math.ceil(num_train / 2)
+  need = max(need, 1)
+  return int(math.ceil(need / multiple) * multiple)
 
 
 def _padded_means(features: np.ndarray, segments: np.ndarray, capacity: int,

@@ -89,7 +89,8 @@ def read_jsonl(path: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in f if line.strip()]
 
 
-def past_evaluations(path: str, upto_step: int, steps_per_epoch: int
+def past_evaluations(path: str, upto_step: int, steps_per_epoch: int,
+                     best_metric: str = 'mAP'
                      ) -> tuple[dict[str, Any], dict[str, Any]]:
   """(best, initial) test results a resumed run inherits from metrics.jsonl.
 
@@ -99,7 +100,8 @@ def past_evaluations(path: str, upto_step: int, steps_per_epoch: int
   When a step was written twice (an earlier resume) the last row wins.
 
   Returns:
-    best: the highest-mAP result with its 'epoch' ({} if none), initial: the
+    best: the result highest in `best_metric` (config.evals.best_metric),
+      with its 'epoch' ({} if none), initial: the
     step-0 result ({} if none); keys without the 'test/' prefix.
   """
   if not os.path.exists(path):
@@ -112,7 +114,7 @@ def past_evaluations(path: str, upto_step: int, steps_per_epoch: int
   initial = by_step.pop(0, {})
   best = {}
   for step in sorted(by_step):
-    if by_step[step].get('mAP', -1.0) >= best.get('mAP', -1.0):
+    if by_step[step].get(best_metric, -1.0) >= best.get(best_metric, -1.0):
       best = dict(by_step[step], epoch=step // steps_per_epoch - 1)
   return best, initial
 

@@ -1,7 +1,8 @@
 """Name -> component lookup, with lazy imports.
 
 Configs name components by string (`config.data.name = 'market1501'`,
-`config.method.name = 'supervised'`); this table maps each name to
+`config.method.name = 'supervised'`, `config.model.type`, an evaluation
+protocol's `type`); this table maps each name to
 'module:attribute'. Imports are lazy so that `import jreid` stays cheap and a
 method's heavy dependencies load only when it is used.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_TABLE: dict[str, dict[str, str]] = {
+_TABLE: dict[str, dict[str, Any]] = {
     'dataset': {
         'market1501': 'jreid.data.datasets.market1501:load',
         'dukemtmc': 'jreid.data.datasets.dukemtmc:load',
@@ -25,12 +26,26 @@ _TABLE: dict[str, dict[str, str]] = {
         'cap': 'jreid.methods.cap:CAP',
         'ice': 'jreid.methods.ice:ICE',
         'icl': 'jreid.methods.icl:ICL',
+        'cacl': 'jreid.methods.cacl:CACL',
+    },
+    # fn(model_cfg, num_classes) -> flax module; config.model.type selects.
+    'model': {
+        'reid_net': 'jreid.models.reid_net:build_model',
+    },
+    # cls.from_config(name, protocol, config, datasets, extractor) -> Evaluator;
+    # config.evals.protocols[name].type selects.
+    'evaluator': {
+        'retrieval': 'jreid.evaluation.evaluator:RetrievalEvaluator',
     },
 }
 
 
-def register(kind: str, name: str, target: str) -> None:
-  """Adds `name` -> 'module:attribute' under `kind` (for user extensions)."""
+def register(kind: str, name: str, target: Any) -> None:
+  """Adds `name` under `kind` (for user extensions).
+
+  `target` is 'module:attribute' (imported on first use) or the object
+  itself (a class defined in a notebook or a test).
+  """
   _TABLE.setdefault(kind, {})[name] = target
 
 
@@ -48,5 +63,7 @@ def get(kind: str, name: str) -> Any:
     target = _TABLE[kind][name]
   except KeyError:
     raise KeyError(f'unknown {kind} {name!r}; known: {names(kind)}') from None
+  if not isinstance(target, str):
+    return target
   module, attr = target.split(':')
   return getattr(importlib.import_module(module), attr)

@@ -1,13 +1,16 @@
 """The one training loop: `train_and_evaluate(config, workdir) -> summary`.
 
 main.py, notebooks, tests and launchers all call this function. It owns the
-mesh, the data, the optimizer, checkpoints, metrics and evaluation; the
-method (jreid/methods/) owns the loss and its state. Sections:
+mesh, the data, checkpoints, metrics and evaluation; the method
+(jreid/methods/base.py lists its hooks) owns its networks, optimizers, step
+body, batches, pseudo labels and memories. Sections:
 
-  1. set-up: mesh, data, method, model;
-  2. state: shapes first (eval_shape), shardings, jitted init, resume ladder;
-  3. the jitted train step;
-  4. the loop: per-epoch refresh, sampler, steps, logs, checkpoints, evals.
+  1. set-up: mesh, datasets, train input, method and its networks,
+     extractors (refresh: no flip; test: config.evals.flip), evaluators;
+  2. state: shapes first (eval_shape), shardings, jitted init, resume ladder
+     (workdir, config.resume, config.init, pretrained, scratch), after_load;
+  3. the jitted train step, one compilation per static phase;
+  4. the loop: per-epoch refresh, batches, steps, logs, checkpoints, evals.
 """
 
 from __future__ import annotations
@@ -20,8 +23,6 @@ from typing import Any
 from absl import logging
 import jax
 import jax.numpy as jnp
-import numpy as np
-import optax
 
 from jreid import checkpointing
 from jreid import metrics_io
@@ -30,12 +31,10 @@ from jreid import registry
 from jreid import sharding
 from jreid.data import augment
 from jreid.data import pipeline
-from jreid.data import samplers
+from jreid.data import train_input
 from jreid.evaluation import evaluator as evaluator_lib
 from jreid.evaluation import extract
 from jreid.methods import base
-from jreid import models
-from jreid.models import pretrained
 
 
 def _steps_per_epoch(config, method) -> int:
@@ -46,34 +45,24 @@ def _steps_per_epoch(config, method) -> int:
         f'method {config.method.name!r} re-labels every epoch: set '
         'config.steps_per_epoch (the references use a fixed number of '
         'iterations per epoch)')
-  labels, camids = method.sampler_labels(None)
-  n = len(_epoch_batches(config, labels, camids, epoch=0, num_batches=None))
+  n = len(method.epoch_batches(None, 0, None)['index'])
   if n == 0:
     raise ValueError('the sampler yields no full batch from the train labels')
   return n
 
 
-def _epoch_batches(config, labels, camids, *, epoch, num_batches):
-  s = config.sampler
-  return samplers.epoch_batches(
-      labels, camids, kind=s.kind, batch_size=s.batch_size,
-      num_instances=s.num_instances, seed=config.seed, epoch=epoch,
-      num_batches=num_batches)
-
-
-def _init_state(config, method, model, tx, mesh, num_train):
+def _init_state(config, method, mesh, num_train):
   """Shapes first: abstract state -> shardings -> jitted init on the mesh."""
-  h, w = config.data.image_size
 
   def init(seed_key):
     init_key, run_key = jax.random.split(seed_key)
-    variables = model.init({'params': init_key},
-                           jnp.zeros((1, h, w, 3), jnp.float32), train=False)
+    variables = method.init_variables(init_key,
+                                      tuple(config.data.image_size))
     params = variables['params']
     return base.TrainState(
         step=jnp.zeros((), jnp.int32), key=run_key, params=params,
-        batch_stats=variables.get('batch_stats', {}),
-        opt_state=tx.init(params),
+        batch_stats=variables['batch_stats'],
+        opt_state=method.init_opt_state(params),
         extra=method.init_extra(variables, num_train))
 
   seed_key = jax.random.key(config.seed)
@@ -89,8 +78,9 @@ def _init_state(config, method, model, tx, mesh, num_train):
   return state, abstract, shardings
 
 
-def _restore_or_init(config, workdir, state, abstract, shardings, ckpt):
-  """The resume ladder: workdir -> config.resume -> config.init -> scratch."""
+def _restore_or_init(config, method, state, abstract, shardings, ckpt):
+  """The resume ladder: workdir -> config.resume -> config.init -> pretrained
+  -> scratch. Every path but a resume ends in `method.after_load`."""
   target = checkpointing.abstract_with_shardings(abstract, shardings)
   latest = ckpt.latest_step()
   if latest is not None:
@@ -98,58 +88,70 @@ def _restore_or_init(config, workdir, state, abstract, shardings, ckpt):
     return ckpt.restore(latest, target)[0]
   if config.get('resume', ''):
     return checkpointing.restore_other_run(config.resume, target)[0]
+  variables = {'params': state.params, 'batch_stats': state.batch_stats}
   if config.get('init', ''):
+    keys = config.get('init_keys', '')
     init = checkpointing.load_init_variables(config.init)
-    checkpointing.check_same_structure(f'config.init={config.init}',
-                                       abstract.params, init['params'])
-    put = lambda tree, sh: jax.tree.map(jax.device_put, tree, sh)
-    logging.info('initialised params from %s', config.init)
-    return state.replace(
-        params=put(init['params'], shardings.params),
-        batch_stats=put(init['batch_stats'], shardings.batch_stats))
-  if config.model.get('pretrained', ''):
-    variables = pretrained.load_pretrained(
-        {'params': state.params, 'batch_stats': state.batch_stats},
-        config.model.pretrained, arch=config.model.name)
-    put = lambda tree, sh: jax.tree.map(jax.device_put, tree, sh)
-    return state.replace(
-        params=put(variables['params'], shardings.params),
-        batch_stats=put(variables['batch_stats'], shardings.batch_stats))
-  return state
+    variables = checkpointing.merge_init(
+        variables, init, keys, name=f'config.init={config.init}')
+    logging.info('initialised %s from %s', f'the leaves matching {keys!r}'
+                 if keys else 'params and batch stats', config.init)
+  elif config.model.get('pretrained', ''):
+    variables = method.load_pretrained(variables, config.model.pretrained)
+  put = lambda tree, sh: jax.tree.map(jax.device_put, tree, sh)
+  state = state.replace(params=put(variables['params'], shardings.params),
+                        batch_stats=put(variables['batch_stats'],
+                                        shardings.batch_stats))
+  return jax.device_put(method.after_load(state), shardings)
 
 
 class _StepFn:
-  """The jitted train step; counts its traces (it must compile once a run)."""
+  """The jitted train step, compiled once per phase; counts its traces.
 
-  def __init__(self, method, tx, table, state_shardings, mesh):
+  The step's images are the batch's rows of the device image table
+  (gathered by batch['row']), or the uint8 batch streamed from the host
+  (config.data.in_memory=False); with the method's extra tables, a dict
+  {'image': ..., table: rows gathered by batch['index']}.
+  """
+
+  def __init__(self, method, data, state_shardings, mesh):
     self.traces = 0
-    self.method, self.tx, self.table = method, tx, table
+    self.method, self.data = method, data
     rep, part = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-    batch_shardings = {'index': rep, 'label': part, 'camid': part}
+    batch_shardings = {'index': rep, 'row': rep,
+                       **{k: part for k in method.batch_fields}}
+    tables = self._tables()
     self.jitted = jax.jit(
         self._step,
-        in_shardings=(state_shardings, part, batch_shardings),
+        in_shardings=(state_shardings, part,
+                      jax.tree.map(lambda _: part, tables), batch_shardings),
         out_shardings=(state_shardings, rep),
+        static_argnums=(4,),  # phase
         donate_argnums=(0,))
 
-  def _step(self, state, images, batch):
-    self.traces += 1  # runs at trace time only
-    if self.table is not None:
-      images = self.table.gather(images, batch['index'])
-    key = jax.random.fold_in(state.key, state.step)
-    grad_fn = jax.grad(self.method.loss, has_aux=True)
-    grads, aux = grad_fn(state.params, state, images, batch, key)
-    updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    new = state.replace(step=state.step + 1, params=params,
-                        opt_state=opt_state, batch_stats=aux['batch_stats'])
-    return self.method.post_update(new, aux, batch), aux['metrics']
+  def _tables(self):
+    d = self.data
+    return {'image': d.images.array if d.images is not None else None,
+            'extra': d.extra.arrays if d.extra is not None else None}
 
-  def __call__(self, state, images, batch):
-    return self.jitted(state, images, batch)
+  def _step(self, state, streamed, tables, batch, phase):
+    self.traces += 1  # runs at trace time only
+    d = self.data
+    images = (d.images.gather(tables['image'], batch['row'])
+              if tables['image'] is not None else streamed)
+    if tables['extra'] is not None:
+      images = {'image': images,
+                **d.extra.gather_all(tables['extra'], batch['index'])}
+    key = jax.random.fold_in(state.key, state.step)
+    state, metrics = self.method.train_step(state, images, batch, key, phase)
+    return state.replace(step=state.step + 1), metrics
+
+  def __call__(self, state, streamed, batch, phase=0):
+    return self.jitted(state, streamed, self._tables(), batch, phase)
 
 
 def _nan_error(what, step, epoch, ckpt):
+  ckpt.wait()  # the last good checkpoint may still be being written
   last = ckpt.latest_step()
   kept = (f'the last good checkpoint (step {last}) is kept in {ckpt.directory}'
           if last is not None else 'no checkpoint had been written yet')
@@ -180,42 +182,41 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   if warning:
     logging.warning('%s', warning)
 
-  dataset = pipeline.load_dataset(config)
-  train_images, train = pipeline.load_split_images(config, dataset.train,
-                                                   'train')
+  datasets = pipeline.load_datasets(config)
+  data = train_input.TrainInput(
+      config, train_input.train_split(config, datasets), mesh)
+  train = data.split
   method = registry.get('method', config.method.name)(config, train)
-  model = models.build_model(config.model, method.num_classes)
-  method.bind(model)
-  table = pipeline.DeviceTable(train_images, mesh) if config.data.in_memory \
-      else None
-  extractor = extract.Extractor(model, mesh, config.evals.batch_size,
-                                flip=config.evals.flip)
-  evaluator = evaluator_lib.RetrievalEvaluator(config, dataset, extractor)
+  method.build_models()
+  data.add_tables(method.extra_tables())
+  batch_size = config.evals.batch_size
+  refresh_extractor = extract.Extractor(
+      method.eval_features, mesh, batch_size,
+      flip=config.evals.get('refresh_flip', False))
+  test_extractor = extract.Extractor(method.eval_features, mesh, batch_size,
+                                     flip=config.evals.flip)
+  evaluators = evaluator_lib.build(config, datasets, test_extractor)
+  best_metric = config.evals.get('best_metric', 'mAP')
 
   # --------------------------------------------------------------- 2. state
   spe = _steps_per_epoch(config, method)
   method.steps_per_epoch = spe
   total_steps = config.num_epochs * spe
-  tx, schedule = optim.make_optimizer(config.optim, spe)
-  state, abstract, shardings = _init_state(config, method, model, tx, mesh,
-                                           len(train))
+  method.tx, schedules = method.make_optimizer(spe)
+  state, abstract, shardings = _init_state(config, method, mesh, len(train))
   ckpt = checkpointing.Checkpointer(
       workdir, every_steps=config.checkpoint_every_steps,
       max_to_keep=config.keep_checkpoints)
-  state = _restore_or_init(config, workdir, state, abstract, shardings, ckpt)
+  state = _restore_or_init(config, method, state, abstract, shardings, ckpt)
   start_step = int(state.step)
 
   # ------------------------------------------------------------ 3. the step
-  step_fn = _StepFn(method, tx, table, shardings, mesh)
-  part = sharding.batch_sharded(mesh)
-  rep = sharding.replicated(mesh)
+  step_fn = _StepFn(method, data, shardings, mesh)
   ctx = base.RefreshContext(
       config=config, train=train, mesh=mesh,
-      extract_train=lambda v: extractor.from_table(v, table) if table
-      else extractor(v, train_images))
-  if table is None:
-    from jreid.data import grain_source  # pylint: disable=g-import-not-at-top
-    source = grain_source.ImageSource(train, tuple(config.data.image_size))
+      extract_train=lambda v: data.extract(refresh_extractor, v))
+  evaluate = lambda: evaluator_lib.run_all(evaluators,
+                                           method.eval_variables(state))
 
   # ------------------------------------------------------------- 4. the loop
   writer = metrics_io.MetricWriter(workdir)
@@ -227,14 +228,15 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   # A resumed run carries on its record: the best epoch and untrained floor
   # evaluated before the checkpoint it restored.
   best, initial = metrics_io.past_evaluations(
-      writer.path, start_step, spe) if start_step else ({}, {})
+      writer.path, start_step, spe, best_metric) if start_step else ({}, {})
   if start_step == 0 and config.evals.get('at_start', False):
-    initial = evaluator.run(method.eval_variables(state))  # untrained floor
+    initial = evaluate()  # untrained floor
     writer.write(0, {f'test/{k}': v for k, v in initial.items()})
     logging.info('untrained test: %s', evaluator_lib.format(initial))
   t_start = time.time()
   for epoch in range(start_step // spe, config.num_epochs):
     pos0 = start_step - epoch * spe if epoch == start_step // spe else 0
+    phase = int(method.phase(epoch))
     with progress.paused():
       if pos0 == 0:  # a run resumed mid-epoch keeps the labels it had
         state, info = method.refresh(ctx, state, epoch)
@@ -242,27 +244,20 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         # so the step sees the same input types and never retraces.
         state = jax.device_put(state, shardings)
         writer.write(epoch * spe, {f'refresh/{k}': v for k, v in info.items()})
-      labels, camids = method.sampler_labels(state)
-      batches = _epoch_batches(config, labels, camids, epoch=epoch,
-                               num_batches=spe)
-      if table is None:
-        stream = grain_source.make_batches(
-            source, batches, num_workers=config.data.num_workers, start=pos0)
+      data.epoch(method.epoch_batches(state, epoch, spe), method.batch_fields,
+                 start=pos0)
     for b in range(pos0, spe):
-      idx = batches[b]
-      batch = {'index': sharding.put_global(idx.astype(np.int32), rep),
-               'label': sharding.put_global(labels[idx].astype(np.int32), part),
-               'camid': sharding.put_global(camids[idx].astype(np.int32), part)}
-      images = table.array if table is not None else sharding.put_global(
-          next(stream), part)
-      state, metrics = step_fn(state, images, batch)
+      streamed, batch = data.device_batch(b)
+      state, metrics = step_fn(state, streamed, batch, phase=phase)
       step = epoch * spe + b + 1
       progress.tick(step)
       if step % config.log_every_steps == 0 or step == total_steps:
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
         if not math.isfinite(metrics['loss']):
           raise _nan_error('the loss', step, epoch, ckpt)
-        metrics['lr'] = float(schedule(step - 1))
+        for name, schedule in schedules.items():
+          metrics['lr' if name == 'lr' else f'lr/{name}'] = float(
+              schedule(step - 1))
         metrics.update(progress.rates(step))
         writer.write(step, metrics)
         logging.info('%s', progress.line(step, epoch, metrics))
@@ -281,16 +276,16 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     last = epoch + 1 == config.num_epochs
     if last or (epoch + 1) % config.evals.every_epochs == 0:
       with progress.paused():
-        results = evaluator.run(method.eval_variables(state))
+        results = evaluate()
       writer.write((epoch + 1) * spe, {f'test/{k}': v
                                        for k, v in results.items()})
       logging.info('epoch %d test: %s', epoch, evaluator_lib.format(results))
-      if results['mAP'] >= best.get('mAP', -1.0):
+      if results[best_metric] >= best.get(best_metric, -1.0):
         best = dict(results, epoch=epoch)
   ckpt.close()
   writer.close()
   if not results:  # resumed a finished run: evaluate the final state
-    results = evaluator.run(method.eval_variables(state))
+    results = evaluate()
     best = best or dict(results, epoch=config.num_epochs - 1)
   summary = dict(results)
   summary.update({f'best_{k}': v for k, v in best.items()})

@@ -86,13 +86,19 @@ def base_config(dataset: str) -> mlc.ConfigDict:
   c.data.image_size = IMAGE_SIZES.get(dataset, (256, 128))
   c.data.in_memory = True   # keep the uint8 train set on the devices
   c.data.skip_corrupt = False
-  c.data.cache_dir = ''     # '' = <root>/.jreid_cache
+  c.data.cache_dir = ''     # decoded-image cache; '' = $JREID_CACHE_DIR or
+                            # ~/.cache/jreid (never the dataset folder)
   c.data.num_workers = 0    # grain workers when in_memory=False
+  # More datasets, {key: {name, root, kwargs}} (UDA source, extra test sets);
+  # evaluation protocols and train_on refer to them by key.
+  c.data.sources = mlc.ConfigDict()
+  c.data.train_on = ()      # dataset keys to train on; () = config.data.name
 
   c.sampler = mlc.ConfigDict()
   c.sampler.kind = 'random_identity'
   c.sampler.batch_size = 64
   c.sampler.num_instances = 4
+  c.sampler.outliers_as_singletons = False  # label -1 records as own ids
 
   c.aug = mlc.ConfigDict()
   c.aug.train = 'bot'
@@ -131,8 +137,19 @@ def base_config(dataset: str) -> mlc.ConfigDict:
   c.evals.batch_size = 128
   c.evals.metric = 'euclidean'
   c.evals.flip = False
+  c.evals.refresh_flip = False  # flip for clustering features (refs: off)
   c.evals.rerank = False
+  c.evals.rerank_k1 = 20
+  c.evals.rerank_k2 = 6
+  c.evals.rerank_lambda = 0.3
   c.evals.max_rank = 50
+  c.evals.stream = False    # decode query/gallery in blocks at every eval
+  c.evals.block_size = 4096  # images per decoded block when streaming
+  c.evals.best_metric = 'mAP'  # picks best_* in results.json
+  # {name: {type, dataset}}; empty = one 'retrieval' protocol on
+  # config.data.name, whose metrics are also written unprefixed.
+  c.evals.protocols = mlc.ConfigDict()
+  c.evals.primary = ''      # the protocol also written unprefixed ('' = first)
 
   c.mesh = mlc.ConfigDict()
   c.mesh.num_devices = 0    # 0 = every device
@@ -143,6 +160,8 @@ def base_config(dataset: str) -> mlc.ConfigDict:
   c.stop_after_step = 0     # >0: checkpoint and return after this step
   c.resume = ''             # a workdir (or its checkpoints folder) to resume
   c.init = ''               # a workdir whose params initialise the model
+  c.init_keys = ''          # regex over 'params/backbone/...' paths: take
+                            # only these leaves from config.init ('' = all)
   return c
 
 

@@ -1,4 +1,4 @@
-"""Test set-up: 8 emulated CPU devices, and shared test helper modules.
+"""Test set-up: 8 emulated CPU devices, caches, and shared test helper modules.
 
 The device count must be set before JAX initialises its backend. Tests that
 want one device build their mesh over `jax.devices()[:1]`
@@ -14,11 +14,24 @@ import os
 import pathlib
 import sys
 
+import tempfile
+
 # Keep XLA from spawning more compute threads than CI's 2 cores can serve.
 os.environ.setdefault('XLA_FLAGS', '')
+# Decoded-image caches of the tests' own datasets stay out of ~/.cache.
+os.environ.setdefault('JREID_CACHE_DIR',
+                      os.path.join(tempfile.gettempdir(), 'jreid_test_cache'))
 import jax  # pylint: disable=g-import-not-at-top
 
 jax.config.update('jax_num_cpu_devices', 8)
+# Persistent compilation cache: the many tiny runs of the suite compile the
+# same steps again and again (same shapes, same code); xdist workers and
+# repeated CI runs on one machine share it.
+jax.config.update('jax_compilation_cache_dir', os.environ.get(
+    'JREID_TEST_JAX_CACHE',
+    os.path.join(tempfile.gettempdir(), 'jreid_test_jax_cache')))
+jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
 
 
 def _register_testlibs() -> None:

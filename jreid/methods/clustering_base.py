@@ -64,12 +64,14 @@ class ClusteringMethod(base.Method):
   """
 
   uses_ema = False
+  # Outliers become singleton classes (SpCL, CACL): up to N labels.
+  singleton_outliers = False
 
   def __init__(self, config, train):
     super().__init__(config, train)
     m = config.method
     self.capacity = int(m.get('memory_capacity', 0)) or memory.capacity_for(
-        len(train))
+        len(train), singleton_outliers=self.singleton_outliers)
 
   # ----------------------------------------------------------------- state
   def init_extra(self, variables, num_train):
@@ -80,6 +82,23 @@ class ClusteringMethod(base.Method):
       extra['ema'] = {'params': variables['params'],
                       'batch_stats': variables.get('batch_stats', {})}
     return extra
+
+  def after_load(self, state):
+    """The momentum encoder starts from the loaded weights (spec §5.7).
+
+    init_extra copied the random init-time variables; after
+    config.model.pretrained or config.init replaced params and batch stats,
+    the EMA copy must follow, or the first clustering and the test encoder
+    would run on a random network for epochs.
+    """
+    if not self.uses_ema:
+      return state
+    extra = dict(state.extra)
+    # Copies, not aliases: the step donates the state, and one buffer cannot
+    # be donated twice.
+    extra['ema'] = jax.tree.map(jnp.copy, {'params': state.params,
+                                           'batch_stats': state.batch_stats})
+    return state.replace(extra=extra)
 
   def extra_shardings(self, mesh, extra):
     """Memory banks sharded along their first axis; the rest replicated."""
