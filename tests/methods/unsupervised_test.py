@@ -43,6 +43,9 @@ def tiny(method, root, **overrides):
   c.method.k1 = 10
   if 'num_negatives' in c.method:
     c.method.num_negatives = 5
+  if 'eps_tight' in c.method:
+    c.method.eps_tight = 0.48
+    c.model.bn_group_size = 0
   return common.override(c, **overrides)
 
 
@@ -50,7 +53,8 @@ def _rows(workdir):
   return metrics_io.read_jsonl(workdir + '/metrics.jsonl')
 
 
-@pytest.mark.parametrize('method', ['cluster_contrast', 'cap', 'ice', 'icl'])
+@pytest.mark.parametrize('method',
+                         ['cluster_contrast', 'cap', 'ice', 'icl', 'cacl'])
 def test_method_trains_refreshes_and_compiles_once(method, data_root, tmp_path):
   workdir = str(tmp_path / method)
   summary = train.train_and_evaluate(tiny(method, data_root), workdir)
@@ -81,15 +85,22 @@ def test_ice_resumes_mid_epoch_to_the_same_result(data_root, tmp_path):
   assert a['mAP'] == pytest.approx(b['mAP'], abs=1e-6)
 
 
-@pytest.mark.parametrize('method', ['cluster_contrast', 'cap', 'ice', 'icl'])
-def test_one_and_eight_devices_give_the_same_losses(method, data_root,
-                                                    tmp_path):
-  """SGD so rounding is not amplified (see tests/train_test.py)."""
+@pytest.mark.parametrize('method,bn_group', [
+    ('cluster_contrast', 0), ('cap', 0), ('ice', 0), ('icl', 0), ('cacl', 0),
+    ('ice', 4)])
+def test_one_and_eight_devices_give_the_same_losses(method, bn_group,
+                                                    data_root, tmp_path):
+  """SGD so rounding is not amplified (see tests/train_test.py).
+
+  ('ice', 4): grouped BatchNorm (statistics per 4 images, as the
+  references' per-GPU chunks) and ICE's ShuffleBN, sharded over 8 devices.
+  """
   curves = []
   for n in (1, 8):
     workdir = str(tmp_path / f'{method}{n}')
     c = tiny(method, data_root, **{'mesh.num_devices': n, 'optim.name': 'sgd',
-                                   'num_epochs': 2})
+                                   'num_epochs': 2,
+                                   'model.bn_group_size': bn_group})
     train.train_and_evaluate(c, workdir)
     curves.append([r['loss'] for r in _rows(workdir) if 'loss' in r])
   np.testing.assert_allclose(curves[0], curves[1], rtol=1e-4)
@@ -166,8 +177,14 @@ def test_camera_norm_balances_what_the_clustering_sees(
   assert seen['clustered'] is seen['balanced']
   raw, cams = seen['raw'], seen['camids']
   assert len(np.unique(cams)) > 1
-  np.testing.assert_allclose(
-      seen['balanced'], real_norm(raw, cams, 'standardize'), atol=1e-6)
+  # A per-row transcription: row i minus its camera's mean, over its
+  # camera's per-dimension (population) std + 1e-6, then unit length.
+  expected = np.empty((len(raw), raw.shape[1]), np.float64)
+  for i in range(len(raw)):
+    same = np.asarray(raw, np.float64)[cams == cams[i]]
+    row = (raw[i] - same.mean(0)) / (same.std(0) + 1e-6)
+    expected[i] = row / np.linalg.norm(row)
+  np.testing.assert_allclose(seen['balanced'], expected, atol=1e-4)
   # Raw features carry a camera mean; the balanced ones are centred per
   # camera before L2 normalisation, so their camera means shrink.
   spread = lambda f: np.mean([np.linalg.norm(f[cams == k].mean(0))
