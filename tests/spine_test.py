@@ -243,6 +243,7 @@ def test_phases_update_only_their_network(data_root, tmp_path):
   assert same(p1['a'], p0['a']) and not same(p1['b'], p0['b'])
 
 
+@pytest.mark.slow
 def test_same_losses_on_one_and_eight_devices(data_root, one_device_run,
                                               tmp_path):
   workdir1, _ = one_device_run

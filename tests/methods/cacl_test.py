@@ -5,8 +5,6 @@ tests/losses/cacl_test.py; the refinement in tests/clustering/refine_test.py;
 the run through the loop (and on 1 vs 8 devices) in unsupervised_test.py.
 """
 
-import importlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,11 +16,7 @@ from jreid.data import pipeline
 from jreid.methods import base
 from jreid.methods import cacl
 from jreid.models import pretrained
-from jreid_configs import common
-
-TINY_DATA = dict(num_train_ids=12, num_test_ids=6, num_distractors=6,
-                 num_junk=4, height=32, width=16)
-
+import methods_testlib
 
 @pytest.fixture(scope='module')
 def data_root(tmp_path_factory):
@@ -30,21 +24,7 @@ def data_root(tmp_path_factory):
 
 
 def tiny(root, **overrides):
-  c = importlib.import_module('jreid_configs.cacl').get_config('runlocal')
-  c.data.root = root
-  c.data.kwargs = TINY_DATA
-  c.data.image_size = (32, 16)
-  c.model.width = 8
-  c.model.bn_group_size = 0
-  c.sampler.batch_size = 16
-  c.num_epochs = 2
-  c.steps_per_epoch = 2
-  c.checkpoint_every_steps = 2
-  c.evals.every_epochs = 2
-  c.evals.batch_size = 32
-  c.mesh.num_devices = 1
-  c.method.update(eps=0.5, eps_tight=0.48, min_samples=2, k1=10)
-  return common.override(c, **overrides)
+  return methods_testlib.tiny('cacl', root, epochs=2, steps=2, **overrides)
 
 
 @pytest.fixture(scope='module')

@@ -7,8 +7,6 @@ step), then the same batch 10 times: the parameters move and the loss of the
 last steps is below the first.
 """
 
-import importlib
-
 import jax
 import numpy as np
 import pytest
@@ -21,10 +19,8 @@ from jreid.data import pipeline
 from jreid.data import train_input
 from jreid.evaluation import extract
 from jreid.methods import base
-from jreid_configs import common
+import methods_testlib
 
-TINY_DATA = dict(num_train_ids=12, num_test_ids=6, num_distractors=6,
-                 num_junk=4, height=32, width=16)
 STEPS = 10
 
 
@@ -34,27 +30,11 @@ def data_root(tmp_path_factory):
 
 
 def tiny(method, root):
-  c = importlib.import_module(f'jreid_configs.{method}').get_config('runlocal')
-  c.data.root = root
-  c.data.kwargs = TINY_DATA
-  c.data.image_size = (32, 16)
-  c.model.width = 8
-  c.model.bn_group_size = 0
-  c.sampler.batch_size = 16
-  c.num_epochs = 1
-  c.steps_per_epoch = STEPS
-  c.optim.warmup_epochs = 0
-  c.evals.batch_size = 32
-  c.mesh.num_devices = 1
-  if method != 'supervised':
-    c.method.eps = 0.5
-    c.method.min_samples = 2
-    c.method.k1 = 10
-  if 'num_negatives' in c.method:
-    c.method.num_negatives = 5
-  return c
+  return methods_testlib.tiny(method, root, epochs=1, steps=STEPS,
+                              bn_group_size=0, **{'optim.warmup_epochs': 0})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', ['supervised', 'cluster_contrast', 'cap',
                                   'ice', 'icl', 'cacl'])
 def test_steps_on_a_fixed_batch_lower_its_loss(name, data_root, tmp_path):

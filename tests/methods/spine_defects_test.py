@@ -12,8 +12,6 @@ and config.init (whole and partial), config.resume and evals.rerank at the
 loop level, which had no test.
 """
 
-import importlib
-
 import jax
 import numpy as np
 import pytest
@@ -27,11 +25,7 @@ from jreid.data import pipeline
 from jreid.data import train_input
 from jreid.methods import base
 from jreid.models import pretrained
-from jreid_configs import common
-
-TINY_DATA = dict(num_train_ids=12, num_test_ids=6, num_distractors=6,
-                 num_junk=4, height=32, width=16)
-
+import methods_testlib
 
 @pytest.fixture(scope='module')
 def data_root(tmp_path_factory):
@@ -39,26 +33,8 @@ def data_root(tmp_path_factory):
 
 
 def tiny(method, root, **overrides):
-  c = importlib.import_module(f'jreid_configs.{method}').get_config('runlocal')
-  c.data.root = root
-  c.data.kwargs = TINY_DATA
-  c.data.image_size = (32, 16)
-  c.model.width = 8
-  c.model.bn_group_size = 0
-  c.sampler.batch_size = 16
-  c.num_epochs = 1
-  c.steps_per_epoch = 2
-  c.checkpoint_every_steps = 2
-  c.evals.every_epochs = 1
-  c.evals.batch_size = 32
-  c.mesh.num_devices = 1
-  if method != 'supervised':
-    c.method.eps = 0.5
-    c.method.min_samples = 2
-    c.method.k1 = 10
-  if 'num_negatives' in c.method:
-    c.method.num_negatives = 5
-  return common.override(c, **overrides)
+  return methods_testlib.tiny(method, root, epochs=1, steps=2,
+                              bn_group_size=0, **overrides)
 
 
 def _rows(workdir):

@@ -1,4 +1,4 @@
-"""Cluster-contrast, CAP, ICE and ICL through the real loop on tiny synthetic data.
+"""Cluster-contrast, CAP, ICE, ICL and CACL through the real loop on tiny synthetic data.
 
 Each run is the full path (synthetic pedestrians -> features -> Jaccard +
 DBSCAN -> memories -> jitted step -> checkpoints -> evaluation) with tiny
@@ -6,47 +6,18 @@ images, a tiny ResNet-18 and a few steps. eps is loose because the network
 is random.
 """
 
-import importlib
-
 import numpy as np
 import pytest
 
 from jreid import metrics_io
 from jreid import train
-from jreid_configs import common
 from jreid.methods import clustering_base
-
-TINY_DATA = dict(num_train_ids=12, num_test_ids=6, num_distractors=6,
-                 num_junk=4, height=32, width=16)
+from methods_testlib import tiny
 
 
 @pytest.fixture(scope='module')
 def data_root(tmp_path_factory):
   return str(tmp_path_factory.mktemp('synthetic'))
-
-
-def tiny(method, root, **overrides):
-  c = importlib.import_module(f'jreid_configs.{method}').get_config('runlocal')
-  c.data.root = root
-  c.data.kwargs = TINY_DATA
-  c.data.image_size = (32, 16)
-  c.model.width = 8
-  c.sampler.batch_size = 16
-  c.num_epochs = 3
-  c.steps_per_epoch = 2
-  c.checkpoint_every_steps = 2
-  c.evals.every_epochs = 3
-  c.evals.batch_size = 32
-  c.mesh.num_devices = 1
-  c.method.eps = 0.5
-  c.method.min_samples = 2
-  c.method.k1 = 10
-  if 'num_negatives' in c.method:
-    c.method.num_negatives = 5
-  if 'eps_tight' in c.method:
-    c.method.eps_tight = 0.48
-    c.model.bn_group_size = 0
-  return common.override(c, **overrides)
 
 
 def _rows(workdir):
@@ -85,6 +56,7 @@ def test_ice_resumes_mid_epoch_to_the_same_result(data_root, tmp_path):
   assert a['mAP'] == pytest.approx(b['mAP'], abs=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('method,bn_group', [
     ('cluster_contrast', 0), ('cap', 0), ('ice', 0), ('icl', 0), ('cacl', 0),
     ('ice', 4)])
@@ -100,7 +72,8 @@ def test_one_and_eight_devices_give_the_same_losses(method, bn_group,
     workdir = str(tmp_path / f'{method}{n}')
     c = tiny(method, data_root, **{'mesh.num_devices': n, 'optim.name': 'sgd',
                                    'num_epochs': 2,
-                                   'model.bn_group_size': bn_group})
+                                   'evals.every_epochs': 3},
+             bn_group_size=bn_group)
     train.train_and_evaluate(c, workdir)
     curves.append([r['loss'] for r in _rows(workdir) if 'loss' in r])
   np.testing.assert_allclose(curves[0], curves[1], rtol=1e-4)

@@ -1,0 +1,51 @@
+"""The tiny configs the method tests train: same code path, tiny everything.
+
+Synthetic pedestrians of 32x16 pixels (12 train ids), a ResNet-18 of width
+8, batch 16, a few steps per epoch. eps is loose and min_samples small
+because the network is random.
+"""
+
+import importlib
+
+from jreid_configs import common
+
+TINY_DATA = dict(num_train_ids=12, num_test_ids=6, num_distractors=6,
+                 num_junk=4, height=32, width=16)
+
+
+def tiny(method, root, *, epochs=3, steps=2, bn_group_size=None, **overrides):
+  """`jreid_configs/<method>.py:runlocal` shrunk to a tiny run on `root`.
+
+  Args:
+    method: a config module name ('supervised', 'ice', 'cacl', ...).
+    root: the synthetic dataset folder (generated on first use).
+    epochs, steps: num_epochs and steps_per_epoch; evaluation runs after
+      the last epoch only.
+    bn_group_size: overrides the preset's model.bn_group_size when given
+      (CACL always uses whole-batch statistics here).
+    **overrides: dotted config fields, as common.override takes them.
+  """
+  c = importlib.import_module(f'jreid_configs.{method}').get_config('runlocal')
+  c.data.root = root
+  c.data.kwargs = TINY_DATA
+  c.data.image_size = (32, 16)
+  c.model.width = 8
+  c.sampler.batch_size = 16
+  c.num_epochs = epochs
+  c.steps_per_epoch = steps
+  c.checkpoint_every_steps = 2
+  c.evals.every_epochs = epochs
+  c.evals.batch_size = 32
+  c.mesh.num_devices = 1
+  if method != 'supervised':
+    c.method.eps = 0.5
+    c.method.min_samples = 2
+    c.method.k1 = 10
+  if 'num_negatives' in c.method:
+    c.method.num_negatives = 5
+  if 'eps_tight' in c.method:
+    c.method.eps_tight = 0.48
+    c.model.bn_group_size = 0
+  if bn_group_size is not None:
+    c.model.bn_group_size = bn_group_size
+  return common.override(c, **overrides)
