@@ -91,8 +91,7 @@ class TrainInput:
       return feats[self.rows]
     fields = {k: np.asarray(v, np.int32) for k, v in self.split.fields.items()}
     return extractor.from_paths(variables, self.split.paths, self.size,
-                                fields=fields or None,
-                                num_threads=None)
+                                fields=fields or None)
 
   # ----------------------------------------------------------------- batches
   def epoch(self, batches: dict[str, np.ndarray], fields: tuple[str, ...],

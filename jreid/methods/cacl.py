@@ -126,16 +126,15 @@ class CACL(clustering_base.ClusteringMethod):
     refined = refine.cacl_refine(main, tight, result.encoding,
                                  rule=m.refine_rule, ratio=m.refine_ratio)
     labels = sharding.broadcast_from_host0(refined.labels.astype(np.int32))
-    info = clustering_base.cluster_size_stats(np.where(
-        np.bincount(labels)[labels] > 1, labels, -1))
+    # Singleton labels count as outliers in the statistics and the quality.
+    grouped = np.where(np.bincount(labels)[labels] > 1, labels, -1)
+    info = clustering_base.cluster_size_stats(grouped)
     info['num_labels'] = int(labels.max()) + 1
     info['num_demoted'] = int(refined.demoted.sum())
     info['num_clusters_main'] = int(clustering.labels.num_clusters(main))
     info.update({f'seconds_{k}': v for k, v in result.timings.items()})
     if info['num_clusters'] >= 2 and np.any(self.train.pids >= 0):
-      info.update(clustering.label_quality(
-          np.where(np.bincount(labels)[labels] > 1, labels, -1),
-          self.train.pids))
+      info.update(clustering.label_quality(grouped, self.train.pids))
     logging.info('epoch %d refresh: %d clusters of >= 2 (%d main), %d '
                  'singletons, %d demoted by refinement%s', epoch,
                  info['num_clusters'], info['num_clusters_main'],
