@@ -197,3 +197,27 @@ def test_unreadable_cache_entry_is_ignored(tmp_path, caplog):
   assert ok.all() and 'Ignoring unreadable image cache' in caplog.text
   np.testing.assert_array_equal(first, second)
   assert np.load(img_file).shape == (3, 16, 8, 3)  # Rewritten.
+
+
+def test_read_only_cache_folder_warns_and_leaves_no_partial_file(
+    tmp_path, monkeypatch, caplog):
+  # The folder exists but refuses writes. Root ignores chmod, so the write
+  # itself is made to fail as it does in a read-only folder.
+  paths = _write(tmp_path, 3)
+  cache = tmp_path / 'cache'
+  cache.mkdir()
+  real_save = np.save
+
+  def refuse(file, *args, **kwargs):
+    # Leave a temporary file behind first (a full disk does), to check that
+    # it is removed too.
+    real_save(file, *args, **kwargs)
+    raise PermissionError(13, 'Permission denied', str(file))
+
+  monkeypatch.setattr(images.np, 'save', refuse)
+  arr, ok = images.load_images(paths, (16, 8), cache_dir=str(cache))
+  assert ok.all()
+  np.testing.assert_array_equal(arr[2], _reference(paths[2], (16, 8)))
+  assert not os.listdir(cache)  # No entry, not even a temporary file.
+  assert str(cache) in caplog.text and 'config.data.cache_dir' in caplog.text
+  assert 'PermissionError' in caplog.text

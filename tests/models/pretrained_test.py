@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 
 import jax
@@ -9,6 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jreid import registry
+from jreid.data import records
 from jreid.models import build_model
 from jreid.models import export_torchvision
 from jreid.models import load_pretrained
@@ -384,3 +387,33 @@ def test_garbled_file_names_its_path(r18, tmp_path, suffix):
   assert msg.startswith(f'cannot read pretrained weights {str(path)!r} as '
                         f'.{suffix}')
   assert 'pickle' not in msg  # numpy's advice to unpickle a text file.
+
+
+@pytest.mark.parametrize('method_name', ['supervised', 'cacl'])
+def test_runlocal_method_names_the_weights_file_before_the_width(
+    method_name, tmp_path):
+  """The user's report, through Method.load_pretrained as train.py calls it:
+  the runlocal preset (width 16) and a weights path that is missing, then
+  a text file; both errors are about the file, naming it."""
+  config = importlib.import_module(
+      f'jreid_configs.{method_name}').get_config('runlocal')
+  assert config.model.width != 64  # Else no width error could come first.
+  split = records.Split(paths=np.array(['a', 'b', 'c', 'd'], object),
+                        pids=np.array([0, 0, 1, 1]),
+                        camids=np.array([0, 1, 0, 1]))
+  method = registry.get('method', config.method.name)(config, split)
+  method.build_models()
+  variables = jax.tree.map(
+      lambda s: np.zeros(s.shape, s.dtype),
+      jax.eval_shape(lambda: method.init_variables(
+          jax.random.key(0), tuple(config.data.image_size))))
+  missing = str(tmp_path / 'r18_missing.npz')
+  with pytest.raises(FileNotFoundError, match='r18_missing.npz'):
+    method.load_pretrained(variables, missing)
+  text = tmp_path / 'weights.npz'
+  text.write_text('not weights\n')
+  with pytest.raises(ValueError) as e:
+    method.load_pretrained(variables, str(text))
+  msg = str(e.value)
+  assert msg.startswith(f'cannot read pretrained weights {str(text)!r}')
+  assert 'pickle' not in msg and 'width' not in msg
