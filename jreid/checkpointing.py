@@ -1,35 +1,58 @@
-"""The only module that touches Orbax: composite checkpoints and the resume ladder.
+"""Checkpoints that are verified, whose failures stop the run, with fallback.
 
 A checkpoint is `state` (the whole TrainState pytree: params, batch stats,
 optimizer state, step, key, EMA params, memories, pseudo labels) plus `meta`
-(JSON: epoch, sampler position, config fingerprint). The sampler is a pure
-function of (labels, seed, epoch), so its position is just `step` and the
-labels, both inside the checkpoint. Orbax writes into a temporary folder and
-renames it when complete, so a crash never leaves a half checkpoint that
-would be picked up on resume.
+(JSON: epoch, step, steps per epoch and the run's config, see
+run_config.py). The sampler is a pure function of (labels, seed, epoch), so
+its position is just `step` and the labels, both inside the checkpoint.
 
-Resume ladder (big_vision / maxtext): a checkpoint in the workdir, else
-`config.resume` (another run's workdir: full state), else `config.init`
-(params and batch stats only: all of them with strict key and shape matching,
-or with `config.init_keys` only the leaves whose 'params/backbone/...' path
-matches that regex, e.g. a backbone without its classifier), else
-ImageNet weights (config.model.pretrained), else scratch.
+What protects a run (each has a test in tests/checkpointing_test.py):
+  * Orbax writes into a temporary folder and renames it when complete: a
+    crash never leaves a half checkpoint that resume would pick up.
+  * Saves are asynchronous; `poll` (every step) and `save` (before the next)
+    check the outcome of the last one, so a full disk stops the run at the
+    step after the failed save with "could not write checkpoint N to PATH:
+    REASON", not one checkpoint interval later.
+  * A finished save gets a checksum manifest (checkpoint_integrity.py);
+    `restore_newest` verifies it, and a checkpoint that fails verification
+    or cannot be restored is moved to `<workdir>/damaged_checkpoints/` (never
+    deleted) with a warning, and the next older one is tried.
+  * A checkpoint written with another config is never restored: the fields
+    that differ are listed (ConfigMismatchError).
+
+Orbax is used here and in checkpoint_init.py only. The resume ladder itself
+(workdir, config.resume, config.init, pretrained, scratch) is in train.py.
 """
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
+import shutil
 from typing import Any
 
 from absl import logging
 import jax
-import numpy as np
+from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
+from jreid import checkpoint_integrity as integrity
+from jreid import run_config
+
 SUBDIR = 'checkpoints'
-_SHOWN = 5  # paths listed per error category.
+DAMAGED_SUBDIR = 'damaged_checkpoints'
+
+
+class CheckpointWriteError(OSError):
+  """A save failed; the message is 'could not write checkpoint N to PATH: ...'."""
+
+
+class ConfigMismatchError(ValueError):
+  """The workdir's checkpoint was written with other state-changing fields."""
+
+
+class DamagedCheckpointsError(RuntimeError):
+  """Every checkpoint of the workdir failed verification or restore."""
 
 
 def checkpoint_dir(path: str) -> str:
@@ -47,13 +70,49 @@ def abstract_with_shardings(abstract_state, shardings):
       abstract_state, shardings)
 
 
-class Checkpointer:
-  """Saves every `every_steps` steps (and on preemption), keeps the newest few."""
+def reason(e: BaseException) -> str:
+  """The gist of a save or restore error, for a one-line message.
 
-  def __init__(self, workdir: str, *, every_steps: int, max_to_keep: int,
-               asynchronous: bool = True):
+  Orbax/TensorStore errors bury the OS error in a long string
+  ("... [os_error_code='28']"): that becomes 'No space left on device'.
+  """
+  if isinstance(e, OSError) and e.strerror:
+    return e.strerror
+  text = str(e)
+  code = re.search(r"os_error_code='(\d+)'", text)
+  if code:
+    return os.strerror(int(code.group(1)))
+  first = text.strip().splitlines()[0] if text.strip() else ''
+  return f'{type(e).__name__}: {first[:300]}' if first else type(e).__name__
+
+
+def _agree(flag: bool) -> bool:
+  """Process 0's decision, on every process (single process: as is)."""
+  if jax.process_count() == 1:
+    return flag
+  return bool(multihost_utils.broadcast_one_to_all(flag))
+
+
+class Checkpointer:
+  """Saves every `every_steps` steps (and on preemption), keeps the newest few.
+
+  Args:
+    workdir: the run's workdir (or its checkpoints folder).
+    every_steps, max_to_keep: cadence and how many to keep (Orbax deletes
+      the older ones after a save).
+    asynchronous: write in the background (the default); tests use False.
+    move_damaged: move checkpoints that fail verification out of the way
+      (the run's own workdir); False for another run's (`config.resume`).
+  """
+
+  def __init__(self, workdir: str, *, every_steps: int,
+               max_to_keep: int | None, asynchronous: bool = True,
+               move_damaged: bool = True):
     self.directory = checkpoint_dir(workdir)
     self.every_steps = every_steps
+    self.move_damaged = move_damaged
+    self.damaged: list[tuple[int, str, str]] = []  # (step, moved to, why)
+    self._pending: int | None = None
     self._mngr = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
@@ -62,17 +121,77 @@ class Checkpointer:
             cleanup_tmp_directories=True,
             create=True))
 
+  def step_dir(self, step: int) -> str:
+    return os.path.join(self.directory, str(step))
+
   def latest_step(self) -> int | None:
     return self._mngr.latest_step()
 
   def should_save(self, step: int) -> bool:
     return (step % self.every_steps == 0) or self._mngr.reached_preemption(step)
 
+  # ----------------------------------------------------------------- saving
   def save(self, step: int, state, meta: dict[str, Any]) -> None:
-    self._mngr.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-                    force=True)
+    """Starts writing `step`, after checking that the previous save worked.
 
+    Raises:
+      CheckpointWriteError: this save or the previous one failed.
+    """
+    self.finish()
+    try:
+      self._mngr.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+                      force=True)
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._write_error(step, e) from e
+    self._pending = step
+
+  def poll(self) -> None:
+    """Checks a save that has finished in the background (cheap otherwise)."""
+    if self._pending is not None and not self._mngr.is_saving_in_progress():
+      self.finish()
+
+  def finish(self) -> None:
+    """Waits for the save in flight, checks it and writes its checksums."""
+    if self._pending is None:
+      return
+    step, self._pending = self._pending, None
+    try:
+      self._mngr.wait_until_finished()
+      if jax.process_index() == 0:
+        integrity.write_manifest(self.step_dir(step))
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._write_error(step, e) from e
+
+  def _write_error(self, step: int, e: BaseException) -> CheckpointWriteError:
+    return CheckpointWriteError(
+        f'could not write checkpoint {step} to {self.step_dir(step)}: '
+        f'{reason(e)}')
+
+  def wait(self) -> None:
+    """Like `finish`, but a failed save is logged, not raised (error paths)."""
+    try:
+      self.finish()
+    except CheckpointWriteError as e:
+      logging.error('%s', e)
+
+  def shutdown(self) -> None:
+    """Closes without raising: for the error path, where a save's failure
+    is logged and the original error is the one reported."""
+    self.wait()
+    try:
+      self._mngr.close()
+    except Exception as e:  # pylint: disable=broad-except
+      logging.error('closing the checkpoint manager: %s', reason(e))
+
+  def close(self) -> None:
+    """Finishes the last save (raising CheckpointWriteError) and closes."""
+    try:
+      self.finish()
+    finally:
+      self._mngr.close()
+
+  # -------------------------------------------------------------- restoring
   def restore(self, step: int, abstract_state):
     """Returns (state, meta) of `step`, placed as `abstract_state` says."""
     r = self._mngr.restore(step, args=ocp.args.Composite(
@@ -80,218 +199,112 @@ class Checkpointer:
         meta=ocp.args.JsonRestore()))
     return r.state, dict(r.meta)
 
-  def wait(self) -> None:
-    self._mngr.wait_until_finished()
+  def _meta(self, step: int) -> dict[str, Any]:
+    r = self._mngr.restore(step, args=ocp.args.Composite(
+        meta=ocp.args.JsonRestore()))
+    return dict(r.meta)
 
-  def close(self) -> None:
-    self._mngr.wait_until_finished()
-    self._mngr.close()
+  def restore_newest(self, abstract_state, config=None):
+    """(state, meta, step) of the newest checkpoint that verifies, or None.
+
+    Checks, newest first: the checksums, the meta, the config (when given:
+    `run_config.compare` with the fingerprint in meta), then the restore.
+    A checkpoint failing the checksums, the meta or (without checksums to
+    vouch for its files) the restore is damaged: warned about, moved aside
+    (`move_damaged`) or skipped, and the next older one is tried.
+
+    Raises:
+      ConfigMismatchError: the newest readable checkpoint has other
+        state-changing config fields.
+      DamagedCheckpointsError: there are checkpoints, all damaged.
+      RuntimeError: a checkpoint whose checksums match cannot be restored
+        into this config's state (it is not damaged: the config differs).
+    """
+    for step in sorted(self._mngr.all_steps(), reverse=True):
+      where = self.step_dir(step)
+      problem = integrity.verify(where) if jax.process_index() == 0 else None
+      meta = None
+      if _agree(problem is None):
+        try:
+          meta = self._meta(step)
+        except Exception as e:  # pylint: disable=broad-except
+          problem = f'its meta cannot be read ({reason(e)})'
+      if meta is not None:
+        if config is not None:
+          self._check_config(where, meta, config)
+        try:
+          state, meta = self.restore(step, abstract_state)
+          logging.info('restored %s (step %d)', where, step)
+          return state, meta, step
+        except Exception as e:  # pylint: disable=broad-except
+          if integrity.has_manifest(where):
+            raise RuntimeError(
+                f'cannot restore {where} into this config\'s state: '
+                f'{reason(e)}. Its files match their checksums, so the '
+                'checkpoint is intact: run with the config it was written '
+                'with (config.json in the workdir), or start a new '
+                '--workdir (--config.init=<this workdir> takes its '
+                'weights).') from e
+          problem = f'restoring it failed ({reason(e)})'
+      self._set_aside(step, problem or 'its checksums do not match')
+    if self.damaged:
+      listing = '; '.join(f'step {s} ({why}), now in {to}'
+                          for s, to, why in self.damaged)
+      raise DamagedCheckpointsError(
+          f'every checkpoint in {self.directory} is damaged: {listing}. '
+          'Nothing was deleted; re-running the same command now starts '
+          'from scratch.')
+    return None
+
+  def _check_config(self, where: str, meta: dict[str, Any], config) -> None:
+    if 'config' not in meta:
+      logging.warning('%s records no config (written by an older jreid): '
+                      'resuming without checking it', where)
+      return
+    changed, allowed = run_config.compare(meta['config'], config)
+    if changed:
+      raise ConfigMismatchError(run_config.mismatch_message(where, changed))
+    for line in allowed:
+      logging.info('config changed on resume (allowed): %s', line)
+
+  def _set_aside(self, step: int, problem: str) -> None:
+    where, moved = self.step_dir(step), self.step_dir(step)
+    if self.move_damaged:
+      moved = os.path.join(os.path.dirname(self.directory), DAMAGED_SUBDIR,
+                           str(step))
+      if jax.process_index() == 0:
+        suffix = 0
+        while os.path.exists(moved):
+          suffix += 1
+          moved = os.path.join(os.path.dirname(moved), f'{step}.{suffix}')
+        os.makedirs(os.path.dirname(moved), exist_ok=True)
+        shutil.move(where, moved)
+      if jax.process_count() > 1:
+        multihost_utils.sync_global_devices('jreid_damaged_checkpoint')
+      self._mngr.reload()
+    logging.warning(
+        'checkpoint step %d in %s is damaged: %s. %s; trying the previous '
+        'checkpoint.', step, where, problem,
+        f'Moved it to {moved} (nothing is deleted)' if moved != where
+        else 'Skipped it')
+    self.damaged.append((step, moved, problem))
 
 
 def restore_other_run(path: str, abstract_state):
-  """Full state of the newest checkpoint under another run (`config.resume`)."""
+  """Full state of the newest good checkpoint of another run (config.resume)."""
   directory = checkpoint_dir(path)
   if not os.path.isdir(directory):
     raise FileNotFoundError(
         f'config.resume={path!r}: no checkpoints folder at {directory}; give '
         'the workdir of the run to resume')
-  mngr = ocp.CheckpointManager(directory)
-  step = mngr.latest_step()
-  if step is None:
+  other = Checkpointer(directory, every_steps=1, max_to_keep=None,
+                       move_damaged=False)
+  try:
+    found = other.restore_newest(abstract_state)
+  finally:
+    other.close()
+  if found is None:
     raise FileNotFoundError(f'config.resume={path!r}: {directory} holds no '
                             'complete checkpoint')
-  r = mngr.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract_state),
-      meta=ocp.args.JsonRestore()))
-  mngr.close()
-  logging.info('resumed from %s step %d', directory, step)
-  return r.state, dict(r.meta)
-
-
-def load_init_variables(path: str, keys: str = '') -> dict[str, Any]:
-  """{'params', 'batch_stats'} of the newest checkpoint of another run.
-
-  Used for `config.init`: the model is initialised from a previous jreid run
-  (e.g. a source-domain model) while step, optimizer state and method state
-  start afresh. Restored as host numpy arrays; the caller checks the
-  structure (`merge_init`).
-
-  Args:
-    path: the other run's workdir (or its checkpoints folder).
-    keys: '' for everything; else a regex (`config.init_keys`), and only the
-      leaves whose path matches it are returned (see `leaf_path` for the
-      form matched, e.g. 'params/backbone/conv1/kernel').
-
-  Returns:
-    {'params': nested dict, 'batch_stats': nested dict}; with `keys`, only
-    the matching leaves (a collection with none is {}).
-
-  Raises:
-    FileNotFoundError: no complete checkpoint under `path`.
-    ValueError: `keys` is not a regex, or matches no leaf of the checkpoint
-      (the message lists the nearest paths).
-  """
-  directory = checkpoint_dir(path)
-  mngr = ocp.CheckpointManager(directory)
-  step = mngr.latest_step()
-  if step is None:
-    raise FileNotFoundError(
-        f'config.init={path!r}: no complete checkpoint under {directory}')
-  restored = mngr.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore()))
-  mngr.close()
-  state = restored.state
-  get = (lambda k: state[k]) if isinstance(state, dict) else (
-      lambda k: getattr(state, k))
-  variables = {'params': get('params'), 'batch_stats': get('batch_stats')}
-  if not keys:
-    return variables
-  name = f'config.init={path!r}'
-  pattern = _compile(keys, name)
-  flat = {p: (k, x) for p, (k, x) in _flat_paths(variables).items()
-          if pattern.search(p)}
-  if not flat:
-    raise ValueError(_no_match(name, keys, _flat_paths(variables),
-                               'the checkpoint'))
-  out = {'params': {}, 'batch_stats': {}}
-  for k, x in flat.values():
-    node = out
-    for part in k[:-1]:
-      node = node.setdefault(part, {})
-    node[k[-1]] = x
-  return out
-
-
-def leaf_path(key_path) -> str:
-  """A jax key path -> the string `config.init_keys` regexes are matched on.
-
-  The keys from the variables root joined by '/', the collection first:
-  'params/backbone/conv1/kernel', 'params/head/classifier/kernel',
-  'batch_stats/backbone/layer1_0/bn1/mean' (list indices as numbers). A
-  regex is applied with `re.search`, so 'backbone' matches anywhere; anchor
-  it ('^params/backbone/') to match a prefix.
-  """
-  return '/'.join(str(_key(e)) for e in key_path)
-
-
-def _key(entry) -> Any:
-  """A jax key-path entry -> the dict key (or index) it stands for."""
-  for attr in ('key', 'idx', 'name'):
-    if hasattr(entry, attr):
-      return getattr(entry, attr)
-  return entry
-
-
-def _flat_paths(tree) -> dict[str, tuple[tuple, Any]]:
-  """'a/b/c' -> ((a, b, c), leaf) for every leaf of `tree`."""
-  return {leaf_path(k): (tuple(_key(e) for e in k), x)
-          for k, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
-def _compile(keys: str, name: str) -> re.Pattern:
-  try:
-    return re.compile(keys)
-  except re.error as e:
-    raise ValueError(f'{name}: init_keys {keys!r} is not a regex: {e}') from e
-
-
-def _no_match(name: str, keys: str, paths, where: str) -> str:
-  """The 'matches nothing' message, with the paths closest to the regex."""
-  near = difflib.get_close_matches(keys, list(paths), n=_SHOWN, cutoff=0.0)
-  return (f'{name}: init_keys {keys!r} matches no leaf of {where} '
-          f'({len(paths)} leaves; nearest paths: {near}). Paths look like '
-          "'params/backbone/conv1/kernel' and are matched with re.search.")
-
-
-def _place(x, like):
-  """`x` as a fresh array with `like`'s dtype (and sharding, if a jax.Array).
-
-  Fresh, so that donating the train state never frees the caller's arrays.
-  """
-  if isinstance(like, jax.Array):
-    x = x.astype(like.dtype) if isinstance(x, jax.Array) else np.asarray(
-        x, like.dtype)
-    return jax.device_put(x, like.sharding, may_alias=False)
-  return np.array(jax.device_get(x), dtype=like.dtype)
-
-
-def merge_init(variables: dict[str, Any], init_variables: dict[str, Any],
-               keys: str = '', name: str = 'config.init') -> dict[str, Any]:
-  """`variables` with (some of) their leaves replaced by `init_variables`'.
-
-  Args:
-    variables: the model's {'params', 'batch_stats'[, ...]}; only those two
-      collections are considered, others are returned as they are.
-    init_variables: {'params', 'batch_stats'} to take the values from (e.g.
-      `load_init_variables(config.init)`, filtered by the same `keys` or
-      not).
-    keys: '' replaces every leaf and requires identical structure and shapes
-      (`check_same_structure`'s error). Else a regex matched with re.search
-      on each leaf's `leaf_path` ('params/backbone/conv1/kernel'): exactly
-      the matching leaves of `variables` are replaced, the rest keep their
-      values. Strict on the matched set: every matching model leaf must be
-      in `init_variables` with the same shape, and no leaf of
-      `init_variables` may match without a model counterpart.
-    name: what to call the source in errors, e.g. 'config.init=/runs/a'.
-
-  Returns:
-    New variables (the inputs are not modified); replaced leaves are fresh
-    arrays with the model leaf's dtype, and its sharding for jax.Arrays.
-
-  Raises:
-    ValueError: a structure or shape mismatch (keys=''); for a regex: no
-      model leaf matches (the message lists the nearest paths), or the
-      matched leaves are missing, extra or of other shapes in
-      `init_variables`.
-  """
-  mine = {c: variables.get(c, {}) for c in ('params', 'batch_stats')}
-  theirs = {c: init_variables.get(c, {}) for c in ('params', 'batch_stats')}
-  src = _flat_paths(theirs)
-  if not keys:
-    check_same_structure(name, mine, theirs)
-    replace = lambda p: True
-  else:
-    pattern = _compile(keys, name)
-    dst = _flat_paths(mine)
-    matched = {p for p in dst if pattern.search(p)}
-    if not matched:
-      raise ValueError(_no_match(name, keys, dst, 'the model'))
-    missing = sorted(matched - set(src))
-    unexpected = sorted(p for p in src if pattern.search(p) and p not in dst)
-    shapes = [f'{p}: model {tuple(dst[p][1].shape)}, got '
-              f'{tuple(np.shape(src[p][1]))}' for p in sorted(matched)
-              if p in src and tuple(dst[p][1].shape) != tuple(
-                  np.shape(src[p][1]))]
-    if missing or unexpected or shapes:
-      raise ValueError(
-          f'{name} does not match the model on init_keys {keys!r} '
-          f'({len(matched)} model leaves match): {len(missing)} missing '
-          f'{missing[:_SHOWN]}, {len(unexpected)} unexpected '
-          f'{unexpected[:_SHOWN]}, {len(shapes)} shape mismatches '
-          f'{shapes[:_SHOWN]}')
-    replace = matched.__contains__
-  # Mapped over the model's own trees, so that their structure (and that of
-  # the shardings the caller puts them with) is kept exactly.
-  def take(key_path, x):
-    p = leaf_path(key_path)
-    return _place(src[p][1], x) if replace(p) else x
-  merged = jax.tree_util.tree_map_with_path(take, mine)
-  return {**variables, **merged}
-
-
-def check_same_structure(name: str, expected, got) -> None:
-  """Strict key and shape match, with a report of what differs."""
-  flat_e = {jax.tree_util.keystr(k): v.shape for k, v in
-            jax.tree_util.tree_flatten_with_path(expected)[0]}
-  flat_g = {jax.tree_util.keystr(k): getattr(v, 'shape', None) for k, v in
-            jax.tree_util.tree_flatten_with_path(got)[0]}
-  missing = sorted(set(flat_e) - set(flat_g))
-  unexpected = sorted(set(flat_g) - set(flat_e))
-  shapes = [f'{k}: expected {flat_e[k]}, got {flat_g[k]}'
-            for k in sorted(set(flat_e) & set(flat_g))
-            if tuple(flat_e[k]) != tuple(flat_g[k])]
-  if missing or unexpected or shapes:
-    raise ValueError(
-        f'{name} does not match the model: {len(missing)} missing '
-        f'{missing[:5]}, {len(unexpected)} unexpected {unexpected[:5]}, '
-        f'{len(shapes)} shape mismatches {shapes[:5]}')
+  logging.info('resumed from %s step %d', directory, found[2])
+  return found[0], found[1]

@@ -85,8 +85,56 @@ class MetricWriter:
 
 
 def read_jsonl(path: str) -> list[dict[str, Any]]:
+  """The rows of a metrics.jsonl; a line that does not parse is skipped.
+
+  A run killed while appending leaves a partial last line; it is dropped
+  with a warning rather than making the resumed run crash.
+  """
+  rows = []
   with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    for n, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        rows.append(json.loads(line))
+      except json.JSONDecodeError:
+        logging.warning('%s line %d is not complete JSON (a run stopped while '
+                        'writing it?): skipped', path, n)
+  return rows
+
+
+def truncate_after(path: str, step: int, steps_per_epoch: int) -> int:
+  """Drops the rows a run resumed at `step` will write again; returns how many.
+
+  Those are the rows after `step`, and at an epoch boundary the refresh row
+  of `step` itself (the resumed run refreshes that epoch again). Unparseable
+  lines go too. The file is rewritten atomically (process 0 only).
+  """
+  if jax.process_index() != 0 or not os.path.exists(path):
+    return 0
+  with open(path) as f:
+    lines = [line for line in f if line.strip()]
+  rows = read_jsonl(path)
+  redone = lambda r: r['step'] > step or (
+      r['step'] == step and step % steps_per_epoch == 0 and all(
+          k == 'step' or k.startswith('refresh/') for k in r))
+  keep = [r for r in rows if not redone(r)]
+  dropped = len(lines) - len(keep)
+  if dropped:
+    with open(path + '.tmp', 'w') as f:
+      f.writelines(json.dumps(r) + '\n' for r in keep)
+    os.replace(path + '.tmp', path)
+    logging.info('%s: dropped %d rows after step %d, which this resumed run '
+                 'redoes', path, dropped, step)
+  return dropped
+
+
+def evaluated_at(path: str, step: int) -> bool:
+  """Whether metrics.jsonl holds a test evaluation at `step`."""
+  if not os.path.exists(path):
+    return False
+  return any(r['step'] == step and any(k.startswith('test/') for k in r)
+             for r in read_jsonl(path))
 
 
 def past_evaluations(path: str, upto_step: int, steps_per_epoch: int,
@@ -174,15 +222,6 @@ class Progress:
       parts.append(f"{r['images_per_sec']:.1f} img/s "
                    f'ETA {eta // 3600}:{eta // 60 % 60:02d}:{eta % 60:02d}')
     return ' | '.join(parts)
-
-
-def log_config(workdir: str, config) -> None:
-  """Writes the resolved config to workdir/config.json (process 0)."""
-  if jax.process_index() != 0:
-    return
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, 'config.json'), 'w') as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
 
 
 def write_json(path: str, obj: Mapping[str, Any]) -> None:

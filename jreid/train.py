@@ -9,14 +9,22 @@ body, batches, pseudo labels and memories. Sections:
      extractors (refresh: no flip; test: config.evals.flip), evaluators;
   2. state: shapes first (eval_shape), shardings, jitted init, resume ladder
      (workdir, config.resume, config.init, pretrained, scratch), after_load;
-  3. the jitted train step, one compilation per static phase;
+     a resume takes the newest checkpoint that verifies and was written
+     with the same state-shaping config (checkpointing.py, run_config.py);
+  3. the jitted train step, one compilation per static phase, and its guard
+     (train_step.py);
   4. the loop: per-epoch refresh, batches, steps, logs, checkpoints, evals.
+     Each step checks the last background save; SIGTERM/SIGINT checkpoint
+     the current step and stop (preemption.py); a resumed run first
+     evaluates an epoch whose evaluation the interruption skipped, and
+     results.json is written before the final checkpoint is confirmed.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import signal
 import time
 from typing import Any
 
@@ -24,11 +32,15 @@ from absl import logging
 import jax
 import jax.numpy as jnp
 
+from jreid import checkpoint_init
 from jreid import checkpointing
+from jreid import config_checks
 from jreid import metrics_io
-from jreid import optim
+from jreid import preemption
 from jreid import registry
+from jreid import run_config
 from jreid import sharding
+from jreid import train_step
 from jreid.data import augment
 from jreid.data import pipeline
 from jreid.data import train_input
@@ -82,17 +94,17 @@ def _restore_or_init(config, method, state, abstract, shardings, ckpt):
   """The resume ladder: workdir -> config.resume -> config.init -> pretrained
   -> scratch. Every path but a resume ends in `method.after_load`."""
   target = checkpointing.abstract_with_shardings(abstract, shardings)
-  latest = ckpt.latest_step()
-  if latest is not None:
-    logging.info('resuming from %s step %d', ckpt.directory, latest)
-    return ckpt.restore(latest, target)[0]
+  found = ckpt.restore_newest(target, config)
+  if found is not None:
+    logging.info('resuming from %s step %d', ckpt.directory, found[2])
+    return found[0]
   if config.get('resume', ''):
     return checkpointing.restore_other_run(config.resume, target)[0]
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
   if config.get('init', ''):
     keys = config.get('init_keys', '')
-    init = checkpointing.load_init_variables(config.init)
-    variables = checkpointing.merge_init(
+    init = checkpoint_init.load_init_variables(config.init)
+    variables = checkpoint_init.merge_init(
         variables, init, keys, name=f'config.init={config.init}')
     logging.info('initialised %s from %s', f'the leaves matching {keys!r}'
                  if keys else 'params and batch stats', config.init)
@@ -105,73 +117,8 @@ def _restore_or_init(config, method, state, abstract, shardings, ckpt):
   return jax.device_put(method.after_load(state), shardings)
 
 
-class _StepFn:
-  """The jitted train step, compiled once per phase; counts its traces.
-
-  The step's images are the batch's rows of the device image table
-  (gathered by batch['row']), or the uint8 batch streamed from the host
-  (config.data.in_memory=False); with the method's extra tables, a dict
-  {'image': ..., table: rows gathered by batch['index']}.
-  """
-
-  def __init__(self, method, data, state_shardings, mesh):
-    self.traces = 0
-    self.method, self.data = method, data
-    rep, part = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-    batch_shardings = {'index': rep, 'row': rep,
-                       **{k: part for k in method.batch_fields}}
-    tables = self._tables()
-    self.jitted = jax.jit(
-        self._step,
-        in_shardings=(state_shardings, part,
-                      jax.tree.map(lambda _: part, tables), batch_shardings),
-        out_shardings=(state_shardings, rep),
-        static_argnums=(4,),  # phase
-        donate_argnums=(0,))
-
-  def _tables(self):
-    d = self.data
-    return {'image': d.images.array if d.images is not None else None,
-            'extra': d.extra.arrays if d.extra is not None else None}
-
-  def _step(self, state, streamed, tables, batch, phase):
-    self.traces += 1  # runs at trace time only
-    d = self.data
-    images = (d.images.gather(tables['image'], batch['row'])
-              if tables['image'] is not None else streamed)
-    if tables['extra'] is not None:
-      images = {'image': images,
-                **d.extra.gather_all(tables['extra'], batch['index'])}
-    key = jax.random.fold_in(state.key, state.step)
-    state, metrics = self.method.train_step(state, images, batch, key, phase)
-    return state.replace(step=state.step + 1), metrics
-
-  def __call__(self, state, streamed, batch, phase=0):
-    return self.jitted(state, streamed, self._tables(), batch, phase)
-
-
-def _nan_error(what, step, epoch, ckpt):
-  ckpt.wait()  # the last good checkpoint may still be being written
-  last = ckpt.latest_step()
-  kept = (f'the last good checkpoint (step {last}) is kept in {ckpt.directory}'
-          if last is not None else 'no checkpoint had been written yet')
-  return FloatingPointError(
-      f'{what} is not finite at step {step} (epoch {epoch}); training stopped '
-      f'and {kept}. Lower config.optim.lr or check the data, then re-run the '
-      'same command to resume from that checkpoint.')
-
-
-def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
-  """Trains config.method on config.data and evaluates; returns a summary.
-
-  Writes config.json, metrics.jsonl, checkpoints/ and results.json (mAP,
-  rank1, rank5, rank10, mINP as fractions) into `workdir`. Re-running with the
-  same workdir resumes from its newest checkpoint.
-  """
-  # -------------------------------------------------------------- 1. set-up
-  sharding.maybe_initialize_distributed()
-  workdir = os.path.abspath(os.path.expanduser(workdir))
-  metrics_io.log_config(workdir, config)
+def _setup(config):
+  """Section 1: mesh, datasets, train input, method, extractors, evaluators."""
   mesh = sharding.make_mesh(config.mesh.get('num_devices', 0))
   logging.info('process %d/%d, mesh %s over %s', jax.process_index(),
                jax.process_count(), dict(mesh.shape), jax.devices()[0].platform)
@@ -181,12 +128,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                                 config.data.image_size)
   if warning:
     logging.warning('%s', warning)
-
   datasets = pipeline.load_datasets(config)
   data = train_input.TrainInput(
       config, train_input.train_split(config, datasets), mesh)
-  train = data.split
-  method = registry.get('method', config.method.name)(config, train)
+  method = registry.get('method', config.method.name)(config, data.split)
   method.build_models()
   data.add_tables(method.extra_tables())
   batch_size = config.evals.batch_size
@@ -196,6 +141,37 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   test_extractor = extract.Extractor(method.eval_features, mesh, batch_size,
                                      flip=config.evals.flip)
   evaluators = evaluator_lib.build(config, datasets, test_extractor)
+  return mesh, data, method, refresh_extractor, evaluators
+
+
+def _eval_due(config, epoch: int) -> bool:
+  return (epoch + 1 == config.num_epochs
+          or (epoch + 1) % config.evals.every_epochs == 0)
+
+
+def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
+  """Trains config.method on config.data and evaluates; returns a summary.
+
+  Writes config.json, metrics.jsonl, checkpoints/ and results.json (mAP,
+  rank1, rank5, rank10, mINP as fractions) into `workdir`. Re-running with the
+  same workdir resumes from its newest good checkpoint, provided the config
+  fields that shape the state and the data order are unchanged.
+
+  Raises:
+    preemption.StoppedBySignal: SIGTERM/SIGINT; the step it stopped at is
+      checkpointed and the same call resumes.
+    checkpointing.CheckpointWriteError: a save failed (after results.json
+      and metrics.jsonl were written, when it was the final save).
+    checkpointing.ConfigMismatchError: resuming with other state-changing
+      fields.
+    FloatingPointError: a non-finite loss or parameter.
+  """
+  # -------------------------------------------------------------- 1. set-up
+  config_checks.validate(config)
+  sharding.maybe_initialize_distributed()
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  mesh, data, method, refresh_extractor, evaluators = _setup(config)
+  train = data.split
   best_metric = config.evals.get('best_metric', 'mAP')
 
   # --------------------------------------------------------------- 2. state
@@ -207,16 +183,34 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   ckpt = checkpointing.Checkpointer(
       workdir, every_steps=config.checkpoint_every_steps,
       max_to_keep=config.keep_checkpoints)
-  state = _restore_or_init(config, method, state, abstract, shardings, ckpt)
-  start_step = int(state.step)
+  try:
+    state = _restore_or_init(config, method, state, abstract, shardings, ckpt)
+    start_step = int(state.step)
+    resumed_from = start_step if ckpt.latest_step() is not None else None
+    run_config.write_config(workdir, config, resumed_from)
+    with preemption.StopOnSignal() as stopper:
+      return _train(config, workdir, method, data, mesh, refresh_extractor,
+                    evaluators, state, shardings, ckpt, schedules, stopper,
+                    spe=spe, start_step=start_step, resumed_from=resumed_from,
+                    best_metric=best_metric)
+  finally:
+    ckpt.shutdown()  # no-op after a clean close; on errors, no async tail
 
+
+def _train(config, workdir, method, data, mesh, refresh_extractor, evaluators,
+           state, shardings, ckpt, schedules, stopper, *, spe, start_step,
+           resumed_from, best_metric):
+  """Sections 3 and 4: the step and the loop (see the module docstring)."""
+  total_steps = config.num_epochs * spe
+  train = data.split
   # ------------------------------------------------------------ 3. the step
-  step_fn = _StepFn(method, data, shardings, mesh)
+  step_fn = train_step.StepFn(method, data, shardings, mesh)
   ctx = base.RefreshContext(
       config=config, train=train, mesh=mesh,
       extract_train=lambda v: data.extract(refresh_extractor, v))
   evaluate = lambda: evaluator_lib.run_all(evaluators,
                                            method.eval_variables(state))
+  guard = train_step.Guard(ckpt, resumed_from)
 
   # ------------------------------------------------------------- 4. the loop
   writer = metrics_io.MetricWriter(workdir)
@@ -225,10 +219,25 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                config.method.name, config.num_epochs, spe,
                config.sampler.batch_size, start_step)
   results = {}
-  # A resumed run carries on its record: the best epoch and untrained floor
-  # evaluated before the checkpoint it restored.
-  best, initial = metrics_io.past_evaluations(
-      writer.path, start_step, spe, best_metric) if start_step else ({}, {})
+  best, initial = {}, {}
+  if start_step:
+    # A resumed run carries on its record (the best epoch and untrained
+    # floor evaluated up to its checkpoint) and drops the rows it redoes.
+    metrics_io.truncate_after(writer.path, start_step, spe)
+    best, initial = metrics_io.past_evaluations(writer.path, start_step, spe,
+                                                best_metric)
+    done_epoch = start_step // spe - 1
+    if (start_step % spe == 0 and _eval_due(config, done_epoch)
+        and not metrics_io.evaluated_at(writer.path, start_step)):
+      # Stopped after the epoch's checkpoint but before its evaluation.
+      logging.info('evaluating epoch %d, which the interrupted run had not',
+                   done_epoch)
+      results = evaluate()
+      writer.write(start_step, {f'test/{k}': v for k, v in results.items()})
+      logging.info('epoch %d test: %s', done_epoch,
+                   evaluator_lib.format(results))
+      if results[best_metric] >= best.get(best_metric, -1.0):
+        best = dict(results, epoch=done_epoch)
   if start_step == 0 and config.evals.get('at_start', False):
     initial = evaluate()  # untrained floor
     writer.write(0, {f'test/{k}': v for k, v in initial.items()})
@@ -251,30 +260,39 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       state, metrics = step_fn(state, streamed, batch, phase=phase)
       step = epoch * spe + b + 1
       progress.tick(step)
+      ckpt.poll()  # a background save that failed stops the run here
       if step % config.log_every_steps == 0 or step == total_steps:
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        if not math.isfinite(metrics['loss']):
-          raise _nan_error('the loss', step, epoch, ckpt)
         for name, schedule in schedules.items():
           metrics['lr' if name == 'lr' else f'lr/{name}'] = float(
               schedule(step - 1))
+        guard.check_loss(metrics['loss'], step, epoch, metrics.get('lr'))
         metrics.update(progress.rates(step))
         writer.write(step, metrics)
         logging.info('%s', progress.line(step, epoch, metrics))
       stop = step == config.get('stop_after_step', 0)
-      if ckpt.should_save(step) or step == total_steps or stop:
+      signalled = stopper.requested()
+      if ckpt.should_save(step) or step == total_steps or stop or signalled:
         if not sharding.tree_is_finite(state.params):
-          raise _nan_error('a parameter', step, epoch, ckpt)
+          raise guard.error('a parameter', step, epoch)
         ckpt.save(step, state, {'epoch': epoch, 'step': step,
-                                'steps_per_epoch': spe})
-      if stop:
+                                'steps_per_epoch': spe,
+                                'config': run_config.fingerprint(config)})
+        guard.saved = True
+      if stop or signalled:
         ckpt.close()
         writer.close()
+        if signalled:
+          name = signal.Signals(stopper.signum).name
+          message = (f'stopped by signal {name} after step {step}; checkpoint '
+                     f'{ckpt.step_dir(step)} written; the same command '
+                     'resumes')
+          logging.warning('%s', message)
+          raise preemption.StoppedBySignal(stopper.signum, message)
         logging.info('stopped after step %d (config.stop_after_step); the same '
                      'command resumes', step)
         return {'stopped_at_step': step, 'train_step_traces': step_fn.traces}
-    last = epoch + 1 == config.num_epochs
-    if last or (epoch + 1) % config.evals.every_epochs == 0:
+    if _eval_due(config, epoch):
       with progress.paused():
         results = evaluate()
       writer.write((epoch + 1) * spe, {f'test/{k}': v
@@ -282,7 +300,6 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       logging.info('epoch %d test: %s', epoch, evaluator_lib.format(results))
       if results[best_metric] >= best.get(best_metric, -1.0):
         best = dict(results, epoch=epoch)
-  ckpt.close()
   writer.close()
   if not results:  # resumed a finished run: evaluate the final state
     results = evaluate()
@@ -293,5 +310,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   summary.update(steps=int(state.step), epochs=config.num_epochs,
                  train_seconds=time.time() - t_start,
                  train_step_traces=step_fn.traces)
+  # Results first: a final save that fails (a full disk) must not lose them.
   metrics_io.write_json(os.path.join(workdir, 'results.json'), summary)
+  ckpt.close()
   return summary

@@ -1,4 +1,4 @@
-"""Tests for jreid.checkpointing's `config.init` helpers (full and partial)."""
+"""Tests for jreid.checkpoint_init: `config.init`, all leaves or a regex of them."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import jax
 import numpy as np
 import pytest
 
+from jreid import checkpoint_init
 from jreid import checkpointing
 
 
@@ -40,7 +41,7 @@ def run(tmp_path_factory):
 
 
 def _paths(tree) -> list[str]:
-  return sorted(checkpointing.leaf_path(k) for k, _ in
+  return sorted(checkpoint_init.leaf_path(k) for k, _ in
                 jax.tree_util.tree_flatten_with_path(tree)[0])
 
 
@@ -59,12 +60,12 @@ def test_leaf_path_form():
 
 def test_load_init_variables_all_and_filtered(run):
   workdir, variables = run
-  _assert_trees_equal(checkpointing.load_init_variables(workdir), variables)
-  got = checkpointing.load_init_variables(workdir, 'backbone')
+  _assert_trees_equal(checkpoint_init.load_init_variables(workdir), variables)
+  got = checkpoint_init.load_init_variables(workdir, 'backbone')
   _assert_trees_equal(got, {c: {'backbone': variables[c]['backbone']}
                             for c in ('params', 'batch_stats')})
   # Anchored: the params only; a collection without a match is empty.
-  got = checkpointing.load_init_variables(workdir, '^params/head/')
+  got = checkpoint_init.load_init_variables(workdir, '^params/head/')
   assert got['batch_stats'] == {}
   _assert_trees_equal(got['params'], {'head': variables['params']['head']})
 
@@ -72,7 +73,7 @@ def test_load_init_variables_all_and_filtered(run):
 def test_load_init_variables_no_match(run):
   workdir, _ = run
   with pytest.raises(ValueError) as e:
-    checkpointing.load_init_variables(workdir, 'bakcbone/conv')
+    checkpoint_init.load_init_variables(workdir, 'bakcbone/conv')
   msg = str(e.value)
   assert "init_keys 'bakcbone/conv' matches no leaf of the checkpoint" in msg
   assert 'params/backbone/conv1/kernel' in msg  # The nearest path.
@@ -82,28 +83,28 @@ def test_merge_init_backbone_regex(run):
   workdir, source = run
   # A new task: another number of classes, so only the backbone can load.
   model = jax.tree.map(np.asarray, _variables(1, classes=7))
-  for init in (checkpointing.load_init_variables(workdir),
-               checkpointing.load_init_variables(workdir, 'backbone')):
-    merged = checkpointing.merge_init(model, init, 'backbone')
+  for init in (checkpoint_init.load_init_variables(workdir),
+               checkpoint_init.load_init_variables(workdir, 'backbone')):
+    merged = checkpoint_init.merge_init(model, init, 'backbone')
     for c in ('params', 'batch_stats'):
       _assert_trees_equal(merged[c]['backbone'], source[c]['backbone'])
       _assert_trees_equal(merged[c]['head'], model[c]['head'])
   # The inputs are not modified.
   _assert_trees_equal(model, _variables(1, classes=7))
   with pytest.raises(ValueError, match='does not match the model'):
-    checkpointing.merge_init(model, checkpointing.load_init_variables(workdir))
+    checkpoint_init.merge_init(model, checkpoint_init.load_init_variables(workdir))
 
 
 def test_merge_init_full_is_strict_as_before(run):
   workdir, source = run
-  init = checkpointing.load_init_variables(workdir)
-  merged = checkpointing.merge_init(_variables(1), init)
+  init = checkpoint_init.load_init_variables(workdir)
+  merged = checkpoint_init.merge_init(_variables(1), init)
   _assert_trees_equal(merged, source)
   model = _variables(1, classes=7)
   with pytest.raises(ValueError) as e:
-    checkpointing.merge_init(model, init, name='config.init=/runs/a')
+    checkpoint_init.merge_init(model, init, name='config.init=/runs/a')
   with pytest.raises(ValueError) as direct:
-    checkpointing.check_same_structure(
+    checkpoint_init.check_same_structure(
         'config.init=/runs/a', model, {c: init[c] for c in model})
   assert str(e.value) == str(direct.value)
   assert "['params']['head']['classifier']['kernel']" in str(e.value)
@@ -111,31 +112,31 @@ def test_merge_init_full_is_strict_as_before(run):
 
 def test_merge_init_regex_errors(run):
   workdir, _ = run
-  init = checkpointing.load_init_variables(workdir)
+  init = checkpoint_init.load_init_variables(workdir)
   model = _variables(1, classes=7)
   with pytest.raises(ValueError) as e:
-    checkpointing.merge_init(model, init, 'layer9', name='config.init=/r')
+    checkpoint_init.merge_init(model, init, 'layer9', name='config.init=/r')
   msg = str(e.value)
   assert msg.startswith("config.init=/r: init_keys 'layer9' matches no leaf "
                         'of the model')
   assert 'nearest paths' in msg and "'params/" in msg
   # The matched leaves are strict: shapes, and present on both sides.
   with pytest.raises(ValueError) as e:
-    checkpointing.merge_init(model, init, 'classifier')
+    checkpoint_init.merge_init(model, init, 'classifier')
   assert ("params/head/classifier/kernel: model (4, 7), got (4, 5)"
           in str(e.value))
   partial = {'params': init['params'],
              'batch_stats': {'head': init['batch_stats']['head']}}
   with pytest.raises(ValueError) as e:
-    checkpointing.merge_init(model, partial, 'backbone')
+    checkpoint_init.merge_init(model, partial, 'backbone')
   assert "2 missing ['batch_stats/backbone/bn1/mean'" in str(e.value)
   extra = {'params': {**init['params'],
                       'backbone2': init['params']['backbone']},
            'batch_stats': init['batch_stats']}
   with pytest.raises(ValueError, match=r"3 unexpected \['params/backbone2/"):
-    checkpointing.merge_init(model, extra, 'backbone')
+    checkpoint_init.merge_init(model, extra, 'backbone')
   with pytest.raises(ValueError, match='is not a regex'):
-    checkpointing.merge_init(model, init, 'backbone(')
+    checkpoint_init.merge_init(model, init, 'backbone(')
 
 
 def test_merge_init_keeps_sharding_and_dtype(run):
@@ -149,10 +150,10 @@ def test_merge_init_keeps_sharding_and_dtype(run):
   n = len(jax.devices())
   big = np.zeros((n, 4), np.float32)
   model['params']['backbone']['extra'] = {'kernel': jax.device_put(big, part)}
-  init = checkpointing.load_init_variables(workdir)
+  init = checkpoint_init.load_init_variables(workdir)
   init['params']['backbone']['extra'] = {
       'kernel': np.ones((n, 4), np.float64)}
-  merged = checkpointing.merge_init(model, init, '^params/backbone/')
+  merged = checkpoint_init.merge_init(model, init, '^params/backbone/')
   got = merged['params']['backbone']['extra']['kernel']
   assert got.sharding == part and got.dtype == np.float32
   np.testing.assert_array_equal(got, 1.)

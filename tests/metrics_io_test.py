@@ -8,6 +8,7 @@ import ml_collections as mlc
 import numpy as np
 
 from jreid import metrics_io
+from jreid import run_config
 
 
 def test_jsonl_rows_roundtrip(tmp_path):
@@ -36,8 +37,12 @@ def test_progress_excludes_compile_and_pauses():
 
 def test_config_and_results_files(tmp_path):
   c = mlc.ConfigDict({'a': 1, 'b': {'c': (2, 3)}})
-  metrics_io.log_config(str(tmp_path), c)
+  run_config.write_config(str(tmp_path), c, resumed_at=None)
   assert json.load(open(tmp_path / 'config.json'))['b']['c'] == [2, 3]
+  # A resume keeps config.json (it describes the checkpoints).
+  run_config.write_config(str(tmp_path), mlc.ConfigDict({'a': 2}), 30)
+  assert json.load(open(tmp_path / 'config.json'))['a'] == 1
+  assert json.load(open(tmp_path / 'config.resumed_at_30.json'))['a'] == 2
   metrics_io.write_json(str(tmp_path / 'results.json'),
                         {'mAP': np.float64(0.5)})
   assert json.load(open(tmp_path / 'results.json')) == {'mAP': 0.5}

@@ -225,7 +225,7 @@ def test_every_hook_runs_in_the_loop(one_device_run):
 
 def test_phases_update_only_their_network(data_root, tmp_path):
   """After epoch 0 (phase 0) only 'a' moved; after epoch 1 'b' too."""
-  from jreid import checkpointing  # pylint: disable=g-import-not-at-top
+  from jreid import checkpoint_init  # pylint: disable=g-import-not-at-top
   w0 = str(tmp_path / 'e0')
   train.train_and_evaluate(toy_config(data_root, 1, num_epochs=1), w0)
   w1 = str(tmp_path / 'e1')
@@ -235,8 +235,8 @@ def test_phases_update_only_their_network(data_root, tmp_path):
   method.build_models()
   init = method.init_variables(
       jax.random.split(jax.random.key(c.seed))[0], (32, 16))['params']
-  p0 = checkpointing.load_init_variables(w0)['params']
-  p1 = checkpointing.load_init_variables(w1)['params']
+  p0 = checkpoint_init.load_init_variables(w0)['params']
+  p1 = checkpoint_init.load_init_variables(w1)['params']
   same = lambda x, y: all(np.array_equal(a, b) for a, b in zip(
       jax.tree.leaves(x), jax.tree.leaves(y)))
   assert not same(p0['a'], init['a']) and same(p0['b'], init['b'])

@@ -17,36 +17,20 @@ from jreid import metrics_io
 from jreid import train
 from jreid_configs import common
 from jreid.methods import supervised
-from jreid_configs import supervised as supervised_config
+import train_testlib
 
-TINY_DATA = dict(num_train_ids=12, num_test_ids=6, num_distractors=6,
-                 num_junk=4, height=32, width=16)
-
+TINY_DATA = train_testlib.TINY_DATA
+tiny_config = train_testlib.tiny_config
 
 @pytest.fixture(scope='module')
 def data_root(tmp_path_factory):
   return str(tmp_path_factory.mktemp('synthetic'))
 
 
-def tiny_config(root, **overrides):
-  c = supervised_config.get_config('runlocal')
-  c.data.root = root
-  c.data.kwargs = TINY_DATA
-  c.data.image_size = (32, 16)
-  c.model.width = 8
-  c.sampler.batch_size = 16
-  c.num_epochs = 2
-  c.steps_per_epoch = 3
-  c.checkpoint_every_steps = 2
-  c.evals.batch_size = 32
-  c.mesh.num_devices = 1
-  return common.override(c, **overrides)
-
-
 def _params(workdir):
   """Final params of a run, restored from its newest checkpoint."""
-  from jreid import checkpointing  # pylint: disable=g-import-not-at-top
-  return checkpointing.load_init_variables(workdir)['params']
+  from jreid import checkpoint_init  # pylint: disable=g-import-not-at-top
+  return checkpoint_init.load_init_variables(workdir)['params']
 
 
 def test_end_to_end_writes_results_and_compiles_once(data_root, tmp_path):
@@ -136,7 +120,7 @@ def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(
 
   monkeypatch.setattr(supervised.Supervised, 'loss', poisoned)
   workdir = str(tmp_path / 'nan')
-  with pytest.raises(FloatingPointError, match=r'step 4 .*step 2\)'):
+  with pytest.raises(FloatingPointError, match=r'step 4 .*checkpoint, step 2, is kept'):
     train.train_and_evaluate(tiny_config(data_root), workdir)
   steps = sorted(int(d) for d in os.listdir(workdir + '/checkpoints')
                  if d.isdigit())

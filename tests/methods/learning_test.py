@@ -19,6 +19,7 @@ from jreid import checkpointing
 from jreid import registry
 from jreid import sharding
 from jreid import train
+from jreid import train_step
 from jreid.data import pipeline
 from jreid.data import train_input
 from jreid.evaluation import extract
@@ -65,7 +66,7 @@ def test_steps_on_a_fixed_batch_lower_its_loss(name, fixed_memory, data_root,
   batches = method.epoch_batches(state, 0, 1)
   data.epoch({k: np.repeat(v, STEPS, 0) for k, v in batches.items()},
              method.batch_fields, start=0)
-  step = train._StepFn(method, data, shardings, mesh)
+  step = train_step.StepFn(method, data, shardings, mesh)
   before = jax.tree.map(np.asarray, state.params)
   memory = jax.tree.map(np.asarray, state.extra)
   losses = []

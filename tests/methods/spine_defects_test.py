@@ -16,6 +16,7 @@ import jax
 import numpy as np
 import pytest
 
+from jreid import checkpoint_init
 from jreid import checkpointing
 from jreid import memory
 from jreid import metrics_io
@@ -107,7 +108,7 @@ def test_momentum_encoder_starts_from_the_pretrained_weights(
 def test_config_init_whole_and_partial(data_root, tmp_path):
   src = str(tmp_path / 'src')
   train.train_and_evaluate(tiny('supervised', data_root), src)
-  init = checkpointing.load_init_variables(src)
+  init = checkpoint_init.load_init_variables(src)
 
   whole = tiny('supervised', data_root, init=src)
   _, state, _ = _initial_state(whole, str(tmp_path / 'a'))

@@ -1,0 +1,104 @@
+"""What a checkpoint remembers of its config, and the check on resume.
+
+Re-running a command in a workdir resumes it. A resume with another batch
+size, image size, seed or width used to carry on silently (re-mapping the
+step into a new epoch layout) or fail deep inside Orbax. Each checkpoint's
+meta now holds `fingerprint(config)`, every field; `compare` lists those
+that differ, and when one changes the train state or the data order the
+loop stops with that list and the two ways out. Fields in `SAFE` (evaluation, logging,
+checkpoint cadence, where the data lives, the device count, what seeds a
+fresh run) may change on resume and are logged.
+
+`config.json` in the workdir describes the checkpoints: it is written when
+the run starts afresh and kept on resume; a resumed run writes its own
+config beside it as `config.resumed_at_<step>.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+
+# Dotted field names (or prefixes ending in '.') a resume may change.
+SAFE = ('evals.', 'log_every_steps', 'checkpoint_every_steps',
+        'keep_checkpoints', 'stop_after_step', 'mesh.', 'resume', 'init',
+        'init_keys', 'model.pretrained', 'data.cache_dir', 'data.in_memory',
+        'data.num_workers')
+_SAFE_SUFFIXES = ('.root',)  # a dataset folder that moved
+
+
+def _flatten(tree: Any, prefix: str = '') -> dict[str, Any]:
+  if isinstance(tree, dict):
+    out = {}
+    for k, v in tree.items():
+      out.update(_flatten(v, f'{prefix}{k}.'))
+    return out
+  if isinstance(tree, (list, tuple)):
+    tree = [_flatten(v) if isinstance(v, dict) else v for v in tree]
+  return {prefix[:-1]: tree}
+
+
+def is_safe(field: str) -> bool:
+  return (any(field == s or (s.endswith('.') and field.startswith(s))
+              for s in SAFE) or field.endswith(_SAFE_SUFFIXES))
+
+
+def _all_fields(config) -> dict[str, Any]:
+  """Dotted name -> JSON-normal value (tuples as lists) of every field."""
+  d = json.loads(config.to_json_best_effort()) if hasattr(
+      config, 'to_json_best_effort') else config
+  return _flatten(d)
+
+
+def fingerprint(config) -> dict[str, Any]:
+  """Every field of `config`, dotted name -> JSON value (stored in meta)."""
+  return _all_fields(config)
+
+
+def compare(saved: dict[str, Any], config) -> tuple[list[str], list[str]]:
+  """(changed, allowed): 'field: checkpoint value -> new value' lines.
+
+  `saved` is the fingerprint stored with the checkpoint. `changed` are the
+  differing fields that change the state or the data order; `allowed` the
+  differing `SAFE` ones, and the fields the checkpoint does not record (a
+  field added to jreid since: its old value is unknown).
+  """
+  now = _all_fields(config)
+  changed, allowed = [], []
+  for k in sorted(set(saved) | set(now)):
+    if k not in saved:
+      allowed.append(f'{k}: (not recorded) -> {json.dumps(now[k])}')
+    elif saved[k] != now.get(k, _MISSING):
+      new = json.dumps(now[k]) if k in now else '(no such field now)'
+      line = f'{k}: {json.dumps(saved[k])} -> {new}'
+      (allowed if is_safe(k) else changed).append(line)
+  return changed, allowed
+
+
+_MISSING = object()
+
+
+def mismatch_message(step_dir: str, changed: list[str]) -> str:
+  lines = '\n  '.join(changed)
+  return (f'the checkpoint {step_dir} was written with another config; '
+          f'{len(changed)} field(s) that change the training state or the '
+          f'data order differ (checkpoint -> this command):\n  {lines}\n'
+          'Either resume with the original config (config.json in the '
+          'workdir), or start a new --workdir, with --config.init=<this '
+          'workdir> to start from its weights.')
+
+
+def write_config(workdir: str, config, resumed_at: int | None) -> str:
+  """config.json for a fresh run, config.resumed_at_<step>.json on resume."""
+  name = ('config.json' if resumed_at is None
+          else f'config.resumed_at_{resumed_at}.json')
+  path = os.path.join(workdir, name)
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(path + '.tmp', 'w') as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    os.replace(path + '.tmp', path)
+  return path
