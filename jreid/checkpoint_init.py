@@ -10,12 +10,12 @@ matches that regex (e.g. a backbone without its classifier).
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from typing import Any
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 
 from jreid import checkpointing
 
@@ -46,15 +46,20 @@ def load_init_variables(path: str, keys: str = '') -> dict[str, Any]:
       (the message lists the nearest paths).
   """
   directory = checkpointing.checkpoint_dir(path)
-  mngr = ocp.CheckpointManager(directory)
-  step = mngr.latest_step()
-  if step is None:
+  found = None
+  if os.path.isdir(directory):
+    # Verified like a resume: a damaged newest checkpoint is skipped (and
+    # left where it is: it belongs to the other run).
+    other = checkpointing.Checkpointer(directory, every_steps=1,
+                                       max_to_keep=None, move_damaged=False)
+    try:
+      found = other.restore_newest(None)
+    finally:
+      other.close()
+  if found is None:
     raise FileNotFoundError(
         f'config.init={path!r}: no complete checkpoint under {directory}')
-  restored = mngr.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore()))
-  mngr.close()
-  state = restored.state
+  state = found[0]
   get = (lambda k: state[k]) if isinstance(state, dict) else (
       lambda k: getattr(state, k))
   variables = {'params': get('params'), 'batch_stats': get('batch_stats')}

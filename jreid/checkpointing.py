@@ -20,7 +20,7 @@ What protects a run (each has a test in tests/checkpointing_test.py):
   * A checkpoint written with another config is never restored: the fields
     that differ are listed (ConfigMismatchError).
 
-Orbax is used here and in checkpoint_init.py only. The resume ladder itself
+Orbax is used in this module only. The resume ladder itself
 (workdir, config.resume, config.init, pretrained, scratch) is in train.py.
 """
 
@@ -118,8 +118,10 @@ class Checkpointer:
         options=ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,
             enable_async_checkpointing=asynchronous,
-            cleanup_tmp_directories=True,
-            create=True))
+            # Another run's folder is only read: nothing created or cleaned.
+            cleanup_tmp_directories=move_damaged,
+            create=move_damaged,
+            read_only=not move_damaged))
 
   def step_dir(self, step: int) -> str:
     return os.path.join(self.directory, str(step))
@@ -250,10 +252,11 @@ class Checkpointer:
     if self.damaged:
       listing = '; '.join(f'step {s} ({why}), now in {to}'
                           for s, to, why in self.damaged)
+      after = ('; re-running the same command now starts from scratch'
+               if self.move_damaged else '')
       raise DamagedCheckpointsError(
           f'every checkpoint in {self.directory} is damaged: {listing}. '
-          'Nothing was deleted; re-running the same command now starts '
-          'from scratch.')
+          f'Nothing was deleted{after}.')
     return None
 
   def _check_config(self, where: str, meta: dict[str, Any], config) -> None:

@@ -214,3 +214,17 @@ def test_reason_gist():
       'Permission denied')
   assert checkpointing.reason(json.JSONDecodeError('Expecting value', '', 0)
                               ).startswith('JSONDecodeError: Expecting value')
+
+
+def test_another_runs_damaged_checkpoint_is_skipped_and_left_in_place(
+    tmp_path):
+  """config.resume / config.init read another run: verified, never moved."""
+  workdir = str(tmp_path)
+  ckpt = _save(workdir, [1, 2])
+  open(os.path.join(ckpt.step_dir(2), 'meta/metadata'), 'w').close()
+  state, meta = checkpointing.restore_other_run(
+      workdir, jax.eval_shape(lambda: _state(0)))
+  assert meta['step'] == 1
+  np.testing.assert_array_equal(state['w'], _state(1)['w'])
+  assert os.path.isdir(ckpt.step_dir(2))
+  assert not os.path.exists(os.path.join(workdir, 'damaged_checkpoints'))
