@@ -31,6 +31,7 @@ _TABLE: dict[str, dict[str, Any]] = {
     # fn(model_cfg, num_classes) -> flax module; config.model.type selects.
     'model': {
         'reid_net': 'jreid.models.reid_net:build_model',
+        'abmt_net': 'jreid.models.abmt_net:build_model',
     },
     # cls.from_config(name, protocol, config, datasets, extractor) -> Evaluator;
     # config.evals.protocols[name].type selects.
