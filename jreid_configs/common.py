@@ -83,6 +83,10 @@ def base_config(dataset: str) -> mlc.ConfigDict:
   c.data.name = dataset
   c.data.root = DEFAULT_ROOTS.get(dataset, 'data')
   c.data.kwargs = mlc.ConfigDict()  # extra parser / generator arguments
+  if dataset == 'synthetic':
+    # Declared so that --config.data.kwargs.domain=1 works from the command
+    # line (a flag cannot add a key); 0 = the original set.
+    c.data.kwargs.domain = 0
   c.data.image_size = IMAGE_SIZES.get(dataset, (256, 128))
   c.data.in_memory = True   # keep the uint8 train set on the devices
   c.data.skip_corrupt = False

@@ -18,6 +18,14 @@ same code path as the real data. The gallery holds distractors (pid 0000:
 people who are no identity) and junk (pid -1: background-only or partial
 crops). Train and test identities are disjoint. `root/synthetic.json` records
 the parameters; data is regenerated when they change.
+
+`domain` selects a look (synthetic_draw.domain_look): 0 is the original set,
+1 a second domain for adaptation experiments (other garment palette and
+pattern / accessory frequencies, cameras with white-balance casts, low
+contrast and more blur and noise, other scenes) with its own people; 2 and up
+are further looks drawn from the domain number. Every random stream of a
+domain other than 0 is keyed by the domain, so the same pid is another person
+and two domains share nothing but the layout and the difficulty knobs.
 """
 
 from __future__ import annotations
@@ -61,8 +69,11 @@ class Params:
   height: int = 128
   width: int = 64
   jpeg_quality: int = 90
+  domain: int = 0              # Look and people; 0 = the original set.
 
   def check(self) -> None:
+    if not isinstance(self.domain, int) or self.domain < 0:
+      raise ValueError(f'domain must be an int >= 0, got {self.domain!r}')
     if not 1 <= self.num_cams <= 9:
       raise ValueError(f'num_cams must be in 1..9, got {self.num_cams}')
     if not 2 <= self.min_cams_per_id <= self.max_cams_per_id <= self.num_cams:
@@ -90,9 +101,19 @@ class Job:
   junk: str = ''  # '', 'background' or 'crop'.
 
 
+def _rng(p: Params, *key: int) -> np.random.Generator:
+  """The random stream `key` of the set; domain 0 keeps its original keys.
+
+  Other domains put 100 + domain second, where domain 0 has a stream tag
+  (0..5), so no stream of one domain is a stream of another.
+  """
+  head = [p.seed] if p.domain == 0 else [p.seed, 100 + p.domain]
+  return np.random.default_rng([*head, *key])
+
+
 def plan(p: Params) -> list[Job]:
   """Which image goes where: a pure function of the parameters."""
-  rng = np.random.default_rng([p.seed, 0])
+  rng = _rng(p, 0)
   pids = rng.permutation(np.arange(1, p.num_train_ids + p.num_test_ids + 1))
   jobs = []
   for i, pid in enumerate(pids.tolist()):
@@ -130,25 +151,32 @@ def _file_name(job: Job, frame: int, rng: np.random.Generator) -> str:
           f'{int(rng.integers(1, 9)):02d}.jpg')
 
 
-# ------------------------------------------------------------------ drawing
-# Everything is drawn at twice the output size and box-downsampled, which
-# anti-aliases the shapes the way a real camera's optics would.
+def make_cameras(p: Params) -> list[dict]:
+  """The cameras of the set (synthetic_draw.make_camera), one per camid."""
+  look = synthetic_draw.domain_look(p.domain)
+  # Cameras get evenly spread scene hues, cycle through the scene kinds (and
+  # colour casts), and cycle through preferred views shifted every third
+  # camera, so that no scene kind always comes with the same view.
+  hue0, kind0, view0 = _rng(p, 5).integers(99, size=3)
+  return [synthetic_draw.make_camera(
+      _rng(p, 4, c), (p.height, p.width), hue0 / 99 + c / p.num_cams,
+      (kind0 + c) % 3, (view0 + c + c // 3) % 3, look, cast=hue0 + c)
+          for c in range(p.num_cams)]
 
-# Shared palettes: many identities share a garment colour, so an identity is
-# its combination of colours, patterns, accessories and shape, not one colour.
+
+def make_person(p: Params, person: int) -> dict:
+  """The appearance of person key `person` (a Job's) in the set of `p`."""
+  return synthetic_draw.make_person(_rng(p, 2, person),
+                                    synthetic_draw.domain_look(p.domain))
+
+
 def generate(root: str, p: Params) -> None:
   """Draws the dataset of `p` into root/{bounding_box_*,query} + marker."""
   p.check()
   t0 = time.time()
   jobs = plan(p)
-  # Cameras get evenly spread scene hues, cycle through the scene kinds, and
-  # cycle through preferred views shifted every third camera, so that no
-  # scene kind always comes with the same view.
-  hue0, kind0, view0 = np.random.default_rng([p.seed, 5]).integers(99, size=3)
-  cameras = [synthetic_draw.make_camera(np.random.default_rng([p.seed, 4, c]),
-                          (p.height, p.width), hue0 / 99 + c / p.num_cams,
-                          (kind0 + c) % 3, (view0 + c + c // 3) % 3)
-             for c in range(p.num_cams)]
+  look = synthetic_draw.domain_look(p.domain)
+  cameras = make_cameras(p)
   os.makedirs(root, exist_ok=True)
   # Draw into a temporary folder and move it in at the end, so an interrupted
   # run never leaves a half-written dataset that looks complete.
@@ -157,9 +185,10 @@ def generate(root: str, p: Params) -> None:
     for sub in _FOLDERS.values():
       os.makedirs(os.path.join(tmp, sub))
     for j, job in enumerate(jobs):
-      rng = np.random.default_rng([p.seed, 1, j])
-      person = synthetic_draw.make_person(np.random.default_rng([p.seed, 2, job.person]))
-      image = synthetic_draw.render(person, cameras[job.cam], rng, junk=job.junk)
+      rng = _rng(p, 1, j)
+      person = make_person(p, job.person)
+      image = synthetic_draw.render(person, cameras[job.cam], rng,
+                                    junk=job.junk, look=look)
       name = _file_name(job, j, rng)
       Image.fromarray(image).save(
           os.path.join(tmp, _FOLDERS[job.split], name), quality=p.jpeg_quality)
@@ -183,9 +212,14 @@ def _read_marker(root: str) -> dict | None:
     return None
   try:
     with open(path) as f:
-      return json.load(f)
+      content = json.load(f)
   except (OSError, ValueError):
     return {}
+  if isinstance(content, dict) and 'version' in content:
+    # Markers from before `domain` existed describe domain-0 data, which is
+    # drawn unchanged: keep those folders instead of regenerating them.
+    content.setdefault('domain', 0)
+  return content
 
 
 def _write_marker(root: str, content: dict) -> None:
@@ -202,8 +236,11 @@ def load(root: str, seed: int = 0, **size_kwargs) -> ReidDataset:
     root: folder for the data (created if missing). It is (re)generated when
       it has no `synthetic.json` or one with other parameters; a folder with a
       Market layout but no marker is refused rather than overwritten.
-    seed: generator seed; the same seed gives identical bytes.
-    **size_kwargs: any other `Params` field, e.g. num_train_ids=1000.
+    seed: generator seed; the same (seed, domain) gives identical bytes.
+    **size_kwargs: any other `Params` field, e.g. num_train_ids=1000, or
+      domain=1 (config.data.kwargs.domain) for the second look with other
+      people; give each domain its own root (one root holds one set, and a
+      root generated with other parameters is regenerated).
 
   Returns:
     ReidDataset named 'synthetic' (Market-1501 conventions: cameras 0-based,
