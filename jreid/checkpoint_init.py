@@ -181,6 +181,15 @@ def merge_init(variables: dict[str, Any], init_variables: dict[str, Any],
               f'{tuple(np.shape(src[p][1]))}' for p in sorted(matched)
               if p in src and tuple(dst[p][1].shape) != tuple(
                   np.shape(src[p][1]))]
+    if len(missing) == len(matched):
+      # Nothing to take: a checkpoint of another network (e.g. a ReIDNet's
+      # 'backbone' where this model has a 'trunk').
+      tops = sorted({'/'.join(p.split('/')[:2]) for p in src})
+      raise ValueError(
+          f'{name} holds none of the {len(matched)} model leaves that '
+          f'init_keys {keys!r} selects (e.g. {missing[:3]}); its variables '
+          f'are {tops[:8]}. It was trained with another network: give the '
+          'workdir of a run of this model (e.g. its stage-1 run).')
     if missing or unexpected or shapes:
       raise ValueError(
           f'{name} does not match the model on init_keys {keys!r} '

@@ -121,7 +121,7 @@ class Checkpointer:
             # Another run's folder is only read: nothing created or cleaned.
             cleanup_tmp_directories=move_damaged,
             create=move_damaged,
-            read_only=not move_damaged))
+            ))
 
   def step_dir(self, step: int) -> str:
     return os.path.join(self.directory, str(step))

@@ -27,6 +27,8 @@ _TABLE: dict[str, dict[str, Any]] = {
         'ice': 'jreid.methods.ice:ICE',
         'icl': 'jreid.methods.icl:ICL',
         'cacl': 'jreid.methods.cacl:CACL',
+        'abmt': 'jreid.methods.abmt:ABMT',
+        'abmt_source': 'jreid.methods.abmt_source:ABMTSource',
     },
     # fn(model_cfg, num_classes) -> flax module; config.model.type selects.
     'model': {

@@ -351,6 +351,9 @@ RECIPES: dict[str, tuple[Any, ...]] = {
                    'normalize', ('random_erasing', {'p': 0.6})),
     'ice_weak': ('normalize',),
     'cap': ('random_flip', 'pad_crop', 'normalize', 'cap_erasing'),
+    # ABMT / MMT (spec_thesis.md §3.2, §3.4): no erasing in source training.
+    'abmt_source': ('random_flip', 'pad_crop', 'normalize'),
+    'abmt': _COLOUR,
 }
 
 ViewSpec = str | Sequence[Any]

@@ -126,6 +126,11 @@ class ClusteringMethod(base.Method):
     m = self.config.method
     return dict(k1=m.k1, k2=m.k2, eps=m.eps, min_samples=m.min_samples)
 
+  def cluster(self, features, ctx):
+    """Pseudo labels of `features`: a `clustering.Clustering` (or an object
+    with its `labels` (one (N,) array first) and `timings`)."""
+    return clustering.cluster(features, mesh=ctx.mesh, **self.cluster_params())
+
   def refresh(self, ctx, state, epoch):
     features = ctx.extract_train(self.eval_variables(state))
     # Memories are built from the features as extracted; only the
@@ -133,8 +138,7 @@ class ClusteringMethod(base.Method):
     balanced = camera_norm.camera_normalize(
         features, self.train.camids, self.config.method.get('camera_norm',
                                                             'none'))
-    result = clustering.cluster(balanced, mesh=ctx.mesh,
-                                **self.cluster_params())
+    result = self.cluster(balanced, ctx)
     labels = sharding.broadcast_from_host0(result.labels[0].astype(np.int32))
     info = cluster_size_stats(labels)
     info.update({f'seconds_{k}': v for k, v in result.timings.items()})
