@@ -29,6 +29,7 @@ _TABLE: dict[str, dict[str, Any]] = {
         'cacl': 'jreid.methods.cacl:CACL',
         'abmt': 'jreid.methods.abmt:ABMT',
         'abmt_source': 'jreid.methods.abmt_source:ABMTSource',
+        'mmt': 'jreid.methods.mmt:MMT',
     },
     # fn(model_cfg, num_classes) -> flax module; config.model.type selects.
     'model': {

@@ -118,6 +118,11 @@ class ClusteringMethod(base.Method):
       return state.extra['ema']
     return super().eval_variables(state)
 
+  def refresh_variables(self, state):
+    """The variables whose eval features are clustered (default: the test
+    network's; MMT: both teachers)."""
+    return self.eval_variables(state)
+
   def sampler_labels(self, state):
     return np.asarray(jax.device_get(state.extra['labels'])), self.train.camids
 
@@ -132,7 +137,7 @@ class ClusteringMethod(base.Method):
     return clustering.cluster(features, mesh=ctx.mesh, **self.cluster_params())
 
   def refresh(self, ctx, state, epoch):
-    features = ctx.extract_train(self.eval_variables(state))
+    features = ctx.extract_train(self.refresh_variables(state))
     # Memories are built from the features as extracted; only the
     # clustering sees the camera-balanced ones (camera_norm.py).
     balanced = camera_norm.camera_normalize(

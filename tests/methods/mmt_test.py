@@ -1,0 +1,217 @@
+"""MMT through the real loop on the tiny domain-1 synthetic set.
+
+The losses are checked against numpy in tests/losses/mutual_test.py and the
+DBSCAN clustering in tests/clustering/udap_jaccard_test.py; here: the
+peers, their teachers, the per-epoch classifiers and the loss composition.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jreid import checkpointing
+from jreid import metrics_io
+from jreid import registry
+from jreid import sharding
+from jreid import train
+from jreid import train_step
+from jreid.data import pipeline
+from jreid.data import train_input
+from jreid.evaluation import extract
+from jreid.losses import mutual
+from jreid.methods import base
+from jreid_configs import common
+from jreid_configs import mmt as mmt_config
+
+TINY = dict(num_train_ids=12, num_test_ids=6, num_distractors=6, num_junk=4,
+            height=32, width=16, domain=1)
+
+
+@pytest.fixture(scope='module')
+def root(tmp_path_factory):
+  return str(tmp_path_factory.mktemp('domain_b'))
+
+
+def tiny(root, clustering='kmeans', **overrides):
+  c = mmt_config.get_config(f'clustering={clustering},runlocal')
+  c.data.root = root
+  c.data.kwargs = dict(TINY)
+  c.data.image_size = (32, 16)
+  c.model.width = 8
+  c.sampler.batch_size = 16
+  c.num_epochs = 2
+  c.steps_per_epoch = 3
+  c.checkpoint_every_steps = 3
+  c.evals.every_epochs = 2
+  c.evals.batch_size = 32
+  c.mesh.num_devices = 1
+  c.log_every_steps = 1
+  c.method.kmeans_k = 10
+  c.method.rho = 0.05
+  return common.override(c, **overrides)
+
+
+def _rows(workdir):
+  return metrics_io.read_jsonl(workdir + '/metrics.jsonl')
+
+
+@pytest.mark.parametrize('clustering', ['kmeans', 'dbscan'])
+def test_trains_with_either_clustering_and_compiles_once(root, tmp_path,
+                                                         clustering):
+  workdir = str(tmp_path / clustering)
+  summary = train.train_and_evaluate(tiny(root, clustering), workdir)
+  assert summary['train_step_traces'] == 1
+  refreshes = [r for r in _rows(workdir) if 'refresh/num_clusters' in r]
+  assert len(refreshes) == 2
+  if clustering == 'kmeans':
+    assert all(r['refresh/num_clusters'] == 10 for r in refreshes)
+  losses = [r['loss'] for r in _rows(workdir) if 'loss' in r]
+  assert len(losses) == 6 and np.all(np.isfinite(losses))
+
+
+def _setup(c, tmp_path):
+  mesh = sharding.make_mesh(1)
+  data = train_input.TrainInput(
+      c, train_input.train_split(c, pipeline.load_datasets(c)), mesh)
+  method = registry.get('method', 'mmt')(c, data.split)
+  method.build_models()
+  method.tx, _ = method.make_optimizer(c.steps_per_epoch)
+  state, abstract, shardings = train._init_state(c, method, mesh,
+                                                 len(data.split))
+  ckpt = checkpointing.Checkpointer(str(tmp_path / 'w'), every_steps=100,
+                                    max_to_keep=1)
+  state = train._restore_or_init(c, method, state, abstract, shardings, ckpt)
+  ckpt.close()
+  extractor = extract.Extractor(method.eval_features, mesh, 32)
+  ctx = base.RefreshContext(config=c, train=data.split, mesh=mesh,
+                            extract_train=lambda v: data.extract(extractor, v))
+  return mesh, data, method, state, shardings, ctx
+
+
+def test_peers_differ_and_teachers_start_as_their_peers(root, tmp_path):
+  _, _, _, state, _, _ = _setup(tiny(root), tmp_path)
+  p = state.params
+  a = np.asarray(p['net1']['backbone']['conv1']['kernel'])
+  b = np.asarray(p['net2']['backbone']['conv1']['kernel'])
+  assert not np.array_equal(a, b)  # two independent initialisations
+  for s, t in zip(jax.tree.leaves(p),
+                  jax.tree.leaves(state.extra['ema']['params'])):
+    np.testing.assert_array_equal(s, t)
+
+
+def test_refresh_clusters_the_mean_teacher_feature_and_sets_classifiers(
+    root, tmp_path):
+  c = tiny(root)
+  mesh, data, method, state, shardings, ctx = _setup(c, tmp_path)
+  features = ctx.extract_train(method.refresh_variables(state))
+  t1 = ctx.extract_train(method.eval_variables(state))
+  ema = state.extra['ema']
+  t2 = ctx.extract_train({k: ema[k]['net2'] for k in ('params',
+                                                       'batch_stats')})
+  mean = (t1 + t2) / 2
+  np.testing.assert_allclose(
+      features, mean / np.linalg.norm(mean, axis=1, keepdims=True),
+      rtol=1e-4, atol=1e-5)
+  state, info = method.refresh(ctx, state, 0)
+  state = jax.device_put(state, shardings)
+  bank = jax.device_get(state.extra['memory'])
+  k = int(info['num_clusters'])
+  assert k == 10 and bank['valid'][:k].all() and not bank['valid'][k:].any()
+  want = bank['features'][:k]
+  np.testing.assert_allclose(np.linalg.norm(want, axis=1), 1.0, rtol=1e-5)
+  for tree in (state.params, state.extra['ema']['params']):
+    for n in ('net1', 'net2'):
+      w = np.asarray(tree[n]['head']['classifier']['kernel'])
+      np.testing.assert_allclose(w[:, :k].T, want, rtol=1e-6)
+      np.testing.assert_array_equal(w[:, k:], 0.0)
+  counts = [np.asarray(x) for x in jax.tree.leaves(state.opt_state)
+            if np.asarray(x).dtype == np.int32]
+  assert counts and all(int(x) == 0 for x in counts)
+  # One step runs (distinct classifier buffers: donation needs them).
+  data.epoch(method.epoch_batches(state, 0, 1), method.batch_fields, start=0)
+  step = train_step.StepFn(method, data, shardings, mesh)
+  state, metrics = step(state, *data.device_batch(0), 0)
+  assert np.isfinite(float(metrics['loss']))
+
+
+def test_loss_is_mmt_weighted_sum_with_peer_teachers(root, tmp_path):
+  c = tiny(root, **{'method.soft_ce_weight': 0.3,
+                    'method.soft_triplet_weight': 0.6})
+  _, data, method, state, _, ctx = _setup(c, tmp_path)
+  state, _ = method.refresh(ctx, state, 0)
+  batches = method.epoch_batches(state, 0, 1)
+  images = jnp.asarray(data.images.array)[data.rows[batches['index'][0]]]
+  batch = {k: jnp.asarray(v[0]) for k, v in batches.items()}
+  key = jax.random.key(5)
+  loss, _ = method.loss(state.params, state, images, batch, key)
+  k1, k2 = jax.random.split(key)
+  xs = {'net1': method.view(images, k1), 'net2': method.view(images, k2)}
+
+  def run(tree, stats, n):
+    return method.model.apply({'params': tree[n], 'batch_stats': stats[n]},
+                              xs[n], train=True, mutable=['batch_stats'])[0]
+
+  ema = state.extra['ema']
+  s = {n: run(state.params, state.batch_stats, n) for n in xs}
+  t = {n: run(ema['params'], ema['batch_stats'], n) for n in xs}
+  y, cm = batch['label'], state.extra['memory']['valid']
+  ce = sum(mutual.cross_entropy_label_smooth_masked(s[n]['logits'], y, cm)
+           for n in s)
+  tri = sum(mutual.soft_triplet(s[n]['feat'], None, y, margin=0.0) for n in s)
+  sce = (mutual.soft_entropy(s['net1']['logits'], t['net2']['logits'],
+                             class_mask=cm)
+         + mutual.soft_entropy(s['net2']['logits'], t['net1']['logits'],
+                               class_mask=cm))
+  stri = (mutual.soft_triplet(s['net1']['feat'], t['net2']['feat'], y)
+          + mutual.soft_triplet(s['net2']['feat'], t['net1']['feat'], y))
+  want = 0.7 * ce + 0.4 * tri + 0.3 * sce + 0.6 * stri
+  np.testing.assert_allclose(loss, want, rtol=1e-5)
+
+
+def test_init_nets_takes_each_peer_from_its_run(root, tmp_path):
+  runs = []
+  for seed in (1, 2):
+    w = str(tmp_path / f'src{seed}')
+    src = tiny(root, seed=seed)
+    src.method = dict(name='supervised', ce_epsilon=0.1, triplet_margin=0.3,
+                      ce_weight=1.0, triplet_weight=1.0)
+    src.aug.train = 'bot'
+    src.num_epochs = 1
+    src.steps_per_epoch = 1
+    train.train_and_evaluate(src, w)
+    runs.append(w)
+  c = tiny(root, **{'method.init_nets': tuple(runs)})
+  _, _, _, state, _, _ = _setup(c, tmp_path)
+  from jreid import checkpoint_init  # pylint: disable=g-import-not-at-top
+  for n, w in zip(('net1', 'net2'), runs):
+    src = checkpoint_init.load_init_variables(w)['params']
+    for a, b, e in zip(jax.tree.leaves(state.params[n]['backbone']),
+                       jax.tree.leaves(src['backbone']),
+                       jax.tree.leaves(state.extra['ema']['params'][n][
+                           'backbone'])):
+      np.testing.assert_array_equal(a, b)
+      np.testing.assert_array_equal(e, b)
+
+
+def test_resumes_mid_epoch_to_the_same_result(root, tmp_path):
+  full, split = str(tmp_path / 'full'), str(tmp_path / 'split')
+  a = train.train_and_evaluate(tiny(root), full)
+  train.train_and_evaluate(tiny(root, stop_after_step=4), split)
+  b = train.train_and_evaluate(tiny(root), split)
+  la = [r['loss'] for r in _rows(full) if 'loss' in r]
+  lb = [r['loss'] for r in _rows(split) if 'loss' in r]
+  np.testing.assert_allclose(la, lb, rtol=1e-6)
+  assert a['mAP'] == pytest.approx(b['mAP'], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_one_and_eight_devices_give_the_same_losses(root, tmp_path):
+  curves = []
+  for n in (1, 8):
+    workdir = str(tmp_path / f'd{n}')
+    train.train_and_evaluate(
+        tiny(root, 'dbscan', **{'mesh.num_devices': n, 'optim.name': 'sgd',
+                                'evals.every_epochs': 3}), workdir)
+    curves.append([r['loss'] for r in _rows(workdir) if 'loss' in r])
+  np.testing.assert_allclose(curves[0], curves[1], rtol=1e-4)
