@@ -75,3 +75,24 @@ def test_pad_is_the_references_except_in_the_64x32_synthetic_preset(method):
   for dataset in ('market1501', 'dukemtmc', 'msmt17', 'veri776'):
     assert module.get_config(f'dataset={dataset}').aug.pad == 10
   assert module.get_config('').aug.pad == 3
+
+
+@pytest.mark.parametrize('source,target', [
+    ('market1501', 'dukemtmc'), ('dukemtmc', 'market1501'),
+    ('market1501', 'msmt17'), ('dukemtmc', 'msmt17')])
+def test_abmt_uda_presets(source, target):
+  from jreid_configs import abmt  # pylint: disable=g-import-not-at-top
+  s1 = abmt.get_config(f'dataset={target},source={source},stage=1')
+  assert s1.method.name == 'abmt_source' and s1.num_epochs == 80
+  assert s1.steps_per_epoch == 200 and s1.optim.warmup_factor == 0.01
+  assert tuple(s1.data.train_on) == (source, target)
+  assert s1.evals.primary == 'source'  # best by source mAP
+  s2 = abmt.get_config(f'dataset={target},source={source},stage=2')
+  assert s2.method.name == 'abmt' and s2.method.source_weight == 0.1
+  assert (s2.num_epochs, s2.steps_per_epoch) == (40, 400)
+  assert s2.method.rho == 0.002 and s2.method.k1 == 20
+  assert s2.init_keys == abmt.NETWORK_KEYS and s2.evals.primary == 'target'
+  free = abmt.get_config(f'dataset={target},stage=2')
+  assert free.method.source_weight == 0.0 and not free.data.train_on
+  with pytest.raises(ValueError, match='give source='):
+    abmt.get_config(f'dataset={target},stage=1')
