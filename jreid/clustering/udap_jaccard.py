@@ -80,8 +80,7 @@ from jreid.clustering import kreciprocal
 # overlap; their m is at most twice its light cap, so it is exact only for
 # radii whose m-threshold 2(1 - r)/(2 - r) exceeds that: r < 0.82 (at 0.95
 # it drops pairs). The margin covers its 1e-6 slack.
-_MAX_LIGHT = jaccard._MAX_LIGHT  # pylint: disable=protected-access
-_MAX_RADIUS = (1 - 2 * _MAX_LIGHT) / (1 - _MAX_LIGHT) - 1e-4
+_MAX_RADIUS = jaccard.MAX_RADIUS - 1e-4
 # J radii tried by `cluster_graph` (None: every overlapping pair, the whole
 # 2-hop neighbourhood: ~760 per row at N = 13,000 against ~16 at 0.8). On
 # clustered synthetic data (N = 13,000) eps was 0.50 (λ = 0) and 0.64

@@ -105,6 +105,10 @@ class ABMT(ABNetWeights, clustering_base.ClusteringMethod):
   def num_classes(self) -> int:
     return self.capacity  # per-epoch classifiers, padded and masked
 
+  @property
+  def clustered(self):
+    return self.is_target  # cluster statistics over the target only
+
   def feature_dim(self) -> int:
     return 2 * models.feature_dim(self.config.model.name,
                                   self.config.model.width)

@@ -118,6 +118,11 @@ class ClusteringMethod(base.Method):
       return state.extra['ema']
     return super().eval_variables(state)
 
+  @property
+  def clustered(self):
+    """Index of the train records the refresh clusters (default: all)."""
+    return slice(None)
+
   def refresh_variables(self, state):
     """The variables whose eval features are clustered (default: the test
     network's; MMT: both teachers)."""
@@ -145,12 +150,15 @@ class ClusteringMethod(base.Method):
                                                             'none'))
     result = self.cluster(balanced, ctx)
     labels = sharding.broadcast_from_host0(result.labels[0].astype(np.int32))
-    info = cluster_size_stats(labels)
+    # Statistics over the records that were clustered (UDA: the target's).
+    mine = self.clustered
+    info = cluster_size_stats(labels[mine])
     info.update({f'seconds_{k}': v for k, v in result.timings.items()})
-    if info['num_clusters'] >= 2 and np.any(self.train.pids >= 0):
-      info.update(clustering.label_quality(labels, self.train.pids))
+    if info['num_clusters'] >= 2 and np.any(self.train.pids[mine] >= 0):
+      info.update(clustering.label_quality(labels[mine],
+                                           self.train.pids[mine]))
     logging.info('epoch %d refresh: %d clusters, %d outliers of %d%s', epoch,
-                 info['num_clusters'], info['num_outliers'], len(labels),
+                 info['num_clusters'], info['num_outliers'], labels[mine].size,
                  f", NMI {info['nmi']:.3f} ARI {info['ari']:.3f}"
                  if 'nmi' in info else '')
     bank, problem = None, None

@@ -67,7 +67,7 @@ def test_rows_normalised_in_half_precision_follow_the_reference():
                              rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize('radius', [0.3, 0.6, 0.9])
+@pytest.mark.parametrize('radius', [0.3, 0.6, 0.82])
 def test_radius_graph_is_the_thresholded_dense_matrix(radius):
   x, _ = lib.clustered(np.random.default_rng(3), 1200, 60)
   dense = jaccard.jaccard_distance(x)
@@ -79,6 +79,13 @@ def test_radius_graph_is_the_thresholded_dense_matrix(radius):
   np.testing.assert_array_equal(got, want)
   np.testing.assert_array_equal(coo.data, dense[coo.row, coo.col])
   assert graph.has_sorted_indices
+
+
+def test_radius_beyond_the_exact_limit_is_refused():
+  x, _ = lib.clustered(np.random.default_rng(3), 200, 10)
+  with pytest.raises(ValueError, match='largest radius this sparse graph is '
+                     'exact at'):
+    jaccard.jaccard_graph(x, max_distance=0.9)
 
 
 def test_pair_distances_are_exact_beyond_the_radius():
