@@ -7,7 +7,8 @@ meta now holds `fingerprint(config)`, every field; `compare` lists those
 that differ, and when one changes the train state or the data order the
 loop stops with that list and the two ways out. Fields in `SAFE` (evaluation, logging,
 checkpoint cadence, where the data lives, the device count, what seeds a
-fresh run) may change on resume and are logged.
+fresh run) and the learning rate (the NaN guard's advice) may change on
+resume and are logged.
 
 `config.json` in the workdir describes the checkpoints: it is written when
 the run starts afresh and kept on resume; a resumed run writes its own
@@ -23,10 +24,12 @@ from typing import Any
 import jax
 
 # Dotted field names (or prefixes ending in '.') a resume may change.
+# optim.lr: the fix the NaN guard asks for ("lower config.optim.lr, then
+# re-run the same command to resume") must be accepted.
 SAFE = ('evals.', 'log_every_steps', 'checkpoint_every_steps',
         'keep_checkpoints', 'stop_after_step', 'mesh.', 'resume', 'init',
         'init_keys', 'model.pretrained', 'data.cache_dir', 'data.in_memory',
-        'data.num_workers')
+        'data.num_workers', 'optim.lr')
 _SAFE_SUFFIXES = ('.root',)  # a dataset folder that moved
 
 

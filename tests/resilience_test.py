@@ -226,3 +226,17 @@ def test_a_huge_finite_loss_warns_with_step_and_lr(data_root, tmp_path,
   warnings = [r.getMessage() for r in caplog.records
               if 'diverging' in r.getMessage()]
   assert len(warnings) == 1 and 'at step 5 (epoch 1, lr ' in warnings[0]
+
+
+def test_lower_lr_after_an_overflow_resumes(data_root, tmp_path, monkeypatch):
+  """The guard's advice (lower config.optim.lr, re-run) passes the config
+  check: lr is a field a resume may change."""
+  workdir = str(tmp_path / 'run')
+  _poison(monkeypatch, 4, jnp.nan)
+  with pytest.raises(FloatingPointError, match='Lower config.optim.lr'):
+    train.train_and_evaluate(config(data_root), workdir)
+  monkeypatch.undo()
+  summary = train.train_and_evaluate(config(data_root, **{'optim.lr': 5e-4}),
+                                     workdir)
+  assert summary['steps'] == 6
+  assert os.path.exists(os.path.join(workdir, 'config.resumed_at_4.json'))
