@@ -80,9 +80,9 @@ def test_below_a_value_or_an_empty_group():
   c = _supervised()
   assert 'config.seed holds a value (int)' in (
       config_checks.unknown_field_message(c, 'seed.x'))
-  msg = config_checks.unknown_field_message(c, 'data.kwargs.num_train_ids')
-  assert 'config.data.kwargs has no fields to override' in msg
-  assert 'add num_train_ids to it in the config file' in msg
+  msg = config_checks.unknown_field_message(c, 'evals.protocols.market')
+  assert 'config.evals.protocols has no fields to override' in msg
+  assert 'add market to it in the config file' in msg
   assert config_checks.unknown_field_message(c, 'method.ce_epsilon') is None
 
 
