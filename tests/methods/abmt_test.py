@@ -255,7 +255,7 @@ def test_one_and_eight_devices_give_the_same_losses(stage, roots, stage1,
     workdir = str(tmp_path / f'{stage}_{n}')
     c = tiny(f'source=synthetic,stage={stage}', roots,
              **{'mesh.num_devices': n, 'optim.name': 'sgd',
-                'evals.every_epochs': 3,
+                'num_epochs': 1, 'evals.every_epochs': 3,
                 **({'init': stage1[0]} if stage == 2 else {})})
     train.train_and_evaluate(c, workdir)
     curves.append([r['loss'] for r in _rows(workdir) if 'loss' in r])

@@ -212,6 +212,6 @@ def test_one_and_eight_devices_give_the_same_losses(root, tmp_path):
     workdir = str(tmp_path / f'd{n}')
     train.train_and_evaluate(
         tiny(root, 'dbscan', **{'mesh.num_devices': n, 'optim.name': 'sgd',
-                                'evals.every_epochs': 3}), workdir)
+                                'num_epochs': 1, 'evals.every_epochs': 3}), workdir)
     curves.append([r['loss'] for r in _rows(workdir) if 'loss' in r])
   np.testing.assert_allclose(curves[0], curves[1], rtol=1e-4)
