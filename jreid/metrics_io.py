@@ -129,6 +129,23 @@ def truncate_after(path: str, step: int, steps_per_epoch: int) -> int:
   return dropped
 
 
+def set_aside(path: str) -> str | None:
+  """Renames an existing metrics file to '<name>.abandoned-<time>.jsonl'.
+
+  For a run that starts from step 0 in a workdir where an earlier attempt
+  wrote rows but no checkpoint: those rows describe nothing that survives.
+  Kept, not deleted. Returns the new path (None when there was no file).
+  """
+  if jax.process_index() != 0 or not os.path.exists(path):
+    return None
+  stem = path[:-len('.jsonl')] if path.endswith('.jsonl') else path
+  new = f'{stem}.abandoned-{time.strftime("%Y%m%d-%H%M%S")}.jsonl'
+  os.replace(path, new)
+  logging.warning('%s is from an earlier attempt that left no checkpoint; '
+                  'moved it to %s', path, new)
+  return new
+
+
 def evaluated_at(path: str, step: int) -> bool:
   """Whether metrics.jsonl holds a test evaluation at `step`."""
   if not os.path.exists(path):

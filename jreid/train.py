@@ -220,6 +220,10 @@ def _train(config, workdir, method, data, mesh, refresh_extractor, evaluators,
                config.sampler.batch_size, start_step)
   results = {}
   best, initial = {}, {}
+  if not start_step:
+    # A run starting from step 0 redoes every row an abandoned attempt in
+    # this workdir wrote (no checkpoint survived it): set its file aside.
+    metrics_io.set_aside(writer.path)
   if start_step:
     # A resumed run carries on its record (the best epoch and untrained
     # floor evaluated up to its checkpoint) and drops the rows it redoes.
@@ -267,6 +271,10 @@ def _train(config, workdir, method, data, mesh, refresh_extractor, evaluators,
           metrics['lr' if name == 'lr' else f'lr/{name}'] = float(
               schedule(step - 1))
         guard.check_loss(metrics['loss'], step, epoch, metrics.get('lr'))
+        # Parameters can overflow while the logged loss still looks finite;
+        # checking them here bounds the waste to one log interval.
+        if not sharding.tree_is_finite(state.params):
+          raise guard.error('a parameter', step, epoch)
         metrics.update(progress.rates(step))
         writer.write(step, metrics)
         logging.info('%s', progress.line(step, epoch, metrics))

@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -67,13 +68,8 @@ def _assert_same_run(workdir, reference):
     assert got[k] == ref[k], k
   a = checkpoint_init.load_init_variables(workdir)['params']
   b = checkpoint_init.load_init_variables(ref_dir)['params']
-  for x, y in zip(jax_leaves(a), jax_leaves(b)):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(x, y)
-
-
-def jax_leaves(tree):
-  import jax  # pylint: disable=g-import-not-at-top
-  return jax.tree.leaves(tree)
 
 
 def test_flipped_byte_in_newest_checkpoint_falls_back(data_root, reference,
@@ -240,3 +236,38 @@ def test_lower_lr_after_an_overflow_resumes(data_root, tmp_path, monkeypatch):
                                      workdir)
   assert summary['steps'] == 6
   assert os.path.exists(os.path.join(workdir, 'config.resumed_at_4.json'))
+
+
+def test_restart_from_scratch_sets_the_abandoned_rows_aside(data_root,
+                                                           tmp_path,
+                                                           monkeypatch):
+  """A NaN before the first checkpoint, then the same command: each step
+  once in metrics.jsonl, the first attempt's rows kept beside it."""
+  workdir = str(tmp_path / 'run')
+  _poison(monkeypatch, 1, jnp.nan)
+  with pytest.raises(FloatingPointError, match='no checkpoint had been'):
+    train.train_and_evaluate(config(data_root), workdir)
+  monkeypatch.undo()
+  train.train_and_evaluate(config(data_root), workdir)
+  steps = [s for s, _ in _losses(workdir)]
+  assert steps == sorted(set(steps)) == list(range(1, 7))
+  assert [f for f in os.listdir(workdir) if '.abandoned-' in f]
+
+
+def test_parameters_are_checked_at_every_log_step(data_root, tmp_path,
+                                                  monkeypatch):
+  """Non-finite parameters stop the run at the next log step, not the next
+  checkpoint, even when the loss stays finite."""
+  original = supervised.Supervised.post_update
+
+  def break_params(self, state, aux, batch):
+    state = original(self, state, aux, batch)
+    bad = jnp.where(state.step >= 2, jnp.nan, 0.0)  # from the 3rd update
+    return state.replace(params=jax.tree.map(lambda p: p + bad,
+                                             state.params))
+
+  monkeypatch.setattr(supervised.Supervised, 'post_update', break_params)
+  with pytest.raises(FloatingPointError, match='a parameter is not finite at '
+                     'step 3'):
+    train.train_and_evaluate(config(data_root, checkpoint_every_steps=100),
+                             str(tmp_path / 'run'))

@@ -36,7 +36,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jreid import memory
 from jreid import models
 from jreid.clustering import dbscan
 from jreid.clustering import udap_jaccard
@@ -114,16 +113,12 @@ class ABMT(ABNetWeights, clustering_base.ClusteringMethod):
                                   self.config.model.width)
 
   # ---------------------------------------------------------------- memory
-  def empty_memory(self):
-    return {'features': np.zeros((self.capacity, self.feature_dim()),
-                                 np.float32),
-            'valid': np.zeros((self.capacity,), bool)}
+  # Plain centroid means: the classifiers normalise each branch half.
+  normalize_centroids = False
 
   def build_memory(self, features, labels, camids):
-    del camids
     self.last_branch_distance = branch_distance(features)
-    return memory.build_centroids(features, labels, self.capacity,
-                                  normalize=False)
+    return super().build_memory(features, labels, camids)
 
   def cluster(self, features, ctx):
     """UDAP Jaccard (+ source term) -> rho-percentile eps -> DBSCAN."""

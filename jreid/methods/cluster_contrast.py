@@ -15,7 +15,6 @@ order with the pre-update features, as the reference's custom backward does
 from __future__ import annotations
 
 import jax
-import numpy as np
 
 from jreid import memory
 from jreid.data import augment
@@ -29,16 +28,6 @@ class ClusterContrast(clustering_base.ClusteringMethod):
   def __init__(self, config, train):
     super().__init__(config, train)
     self.view = augment.make_view(config.aug.train, pad=config.aug.get('pad'))
-
-  def empty_memory(self):
-    return {'features': np.zeros((self.capacity, self.feature_dim()),
-                                 np.float32),
-            'valid': np.zeros((self.capacity,), bool)}
-
-  def build_memory(self, features, labels, camids):
-    del camids
-    return memory.build_centroids(features, labels, self.capacity,
-                                  normalize=True)
 
   def loss(self, params, state, images, batch, key):
     m = self.config.method

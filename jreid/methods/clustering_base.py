@@ -225,11 +225,19 @@ class ClusteringMethod(base.Method):
   def feature_dim(self) -> int:
     return models.feature_dim(self.config.model.name, self.config.model.width)
 
+  # Default bank: the cluster centroids (cluster-contrast, ABMT, MMT), L2-
+  # normalised when `normalize_centroids`.
+  normalize_centroids = True
+
   def build_memory(self, features, labels, camids):
-    raise NotImplementedError
+    del camids
+    return memory.build_centroids(features, labels, self.capacity,
+                                  normalize=self.normalize_centroids)
 
   def empty_memory(self):
-    raise NotImplementedError
+    return {'features': np.zeros((self.capacity, self.feature_dim()),
+                                 np.float32),
+            'valid': np.zeros((self.capacity,), bool)}
 
   @staticmethod
   def ema_update(ema_params, params, momentum: float):

@@ -36,7 +36,6 @@ import numpy as np
 from sklearn import cluster as sk_cluster
 
 from jreid import checkpoint_init
-from jreid import memory
 from jreid import models
 from jreid.clustering import dbscan
 from jreid.clustering import udap_jaccard
@@ -98,17 +97,9 @@ class MMT(clustering_base.ClusteringMethod):
   def feature_dim(self) -> int:
     return models.feature_dim(self.config.model.name, self.config.model.width)
 
-  # ---------------------------------------------------------------- memory
-  def empty_memory(self):
-    return {'features': np.zeros((self.capacity, self.feature_dim()),
-                                 np.float32),
-            'valid': np.zeros((self.capacity,), bool)}
-
-  def build_memory(self, features, labels, camids):
-    del camids
-    return memory.build_centroids(features, labels, self.capacity,
-                                  normalize=True)
-
+  # ------------------------------------------------------------ clustering
+  # (The memory is ClusteringMethod's normalised centroid bank: the rows the
+  # classifiers start from.)
   def cluster(self, features, ctx):
     m = self.config.method
     start = time.perf_counter()

@@ -26,9 +26,9 @@ from jreid.losses import mutual
 from jreid.methods import base
 from jreid_configs import abmt as abmt_config
 from jreid_configs import common
+import train_testlib
 
-TINY = dict(num_train_ids=12, num_test_ids=6, num_distractors=6, num_junk=4,
-            height=32, width=16)
+TINY = train_testlib.TINY_DATA
 
 
 @pytest.fixture(scope='module')
@@ -45,15 +45,8 @@ def tiny(arg, roots, **overrides):
   if 'synthetic_a' in c.data.sources:
     c.data.sources.synthetic_a.root = roots[0]
     c.data.sources.synthetic_a.kwargs = dict(TINY, domain=0)
-  c.data.image_size = (32, 16)
-  c.model.width = 8
-  c.sampler.batch_size = 16
-  c.num_epochs = 2
-  c.steps_per_epoch = 3
-  c.checkpoint_every_steps = 3
+  train_testlib.shrink(c, checkpoint_every=3)
   c.evals.every_epochs = 2
-  c.evals.batch_size = 32
-  c.mesh.num_devices = 1
   c.log_every_steps = 1
   if c.method.name == 'abmt':
     c.method.rho = 0.05  # 0.2% of the pairs of 150 images is 22 pairs

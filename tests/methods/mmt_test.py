@@ -22,10 +22,10 @@ from jreid.evaluation import extract
 from jreid.losses import mutual
 from jreid.methods import base
 from jreid_configs import common
+import train_testlib
 from jreid_configs import mmt as mmt_config
 
-TINY = dict(num_train_ids=12, num_test_ids=6, num_distractors=6, num_junk=4,
-            height=32, width=16, domain=1)
+TINY = dict(train_testlib.TINY_DATA, domain=1)
 
 
 @pytest.fixture(scope='module')
@@ -37,15 +37,8 @@ def tiny(root, clustering='kmeans', **overrides):
   c = mmt_config.get_config(f'clustering={clustering},runlocal')
   c.data.root = root
   c.data.kwargs = dict(TINY)
-  c.data.image_size = (32, 16)
-  c.model.width = 8
-  c.sampler.batch_size = 16
-  c.num_epochs = 2
-  c.steps_per_epoch = 3
-  c.checkpoint_every_steps = 3
+  train_testlib.shrink(c, checkpoint_every=3)
   c.evals.every_epochs = 2
-  c.evals.batch_size = 32
-  c.mesh.num_devices = 1
   c.log_every_steps = 1
   c.method.kmeans_k = 10
   c.method.rho = 0.05
