@@ -114,18 +114,10 @@ def apply_synthetic(c, source: str, stage: int) -> None:
 
   Random initialisation on 2 CPU cores: a ResNet-18 at 64x32, batch 32.
   """
-  c.data.kwargs = {'domain': 1}
-  c.data.root = 'data/synthetic_b'
+  common.apply_synthetic_target(c)
   if source:
     c.data.sources[source].root = 'data/synthetic'
     c.data.sources[source].kwargs = {'domain': 0}
-  c.model.name = 'resnet18'
-  c.model.width = 16
-  c.data.image_size = (64, 32)
-  c.aug.pad = 3
-  c.sampler.batch_size = 32
-  c.optim.lr = 1e-3
-  c.log_every_steps = 20
   if stage == 1:
     c.num_epochs = 20
     c.steps_per_epoch = 20

@@ -64,19 +64,11 @@ def get_config(arg: str | None = None):
 
   if a.dataset == 'synthetic':
     # Random initialisation on 2 CPU cores, domain 1 as in jreid_configs/abmt.py.
-    c.data.kwargs.domain = 1
-    c.data.root = 'data/synthetic_b'
-    c.model.name = 'resnet18'
-    c.model.width = 16
-    c.data.image_size = (64, 32)
-    c.aug.pad = 3
-    c.sampler.batch_size = 32
-    c.optim.lr = 1e-3
+    common.apply_synthetic_target(c)
     c.method.kmeans_k = 100
     c.method.camera_norm = 'standardize'
     c.num_epochs = 15
     c.steps_per_epoch = 40
-    c.log_every_steps = 20
   if a.runlocal:
     common.apply_runlocal(c)
   return c

@@ -15,7 +15,6 @@ from jreid import checkpoint_init
 from jreid import checkpointing
 from jreid import metrics_io
 from jreid import registry
-from jreid import sharding
 from jreid import train
 from jreid import train_step
 from jreid.data import pipeline
@@ -26,6 +25,7 @@ from jreid.losses import mutual
 from jreid.methods import base
 from jreid_configs import abmt as abmt_config
 from jreid_configs import common
+import methods_testlib
 import train_testlib
 
 TINY = train_testlib.TINY_DATA
@@ -89,21 +89,7 @@ def test_stage2_adapts_from_stage1_and_compiles_once(roots, stage1, tmp_path):
 
 
 def _setup(c, tmp_path):
-  """The loop's own set-up up to the state (after the resume ladder)."""
-  mesh = sharding.make_mesh(1)
-  data = train_input.TrainInput(
-      c, train_input.train_split(c, pipeline.load_datasets(c)), mesh)
-  method = registry.get('method', c.method.name)(c, data.split)
-  method.build_models()
-  method.steps_per_epoch = c.steps_per_epoch
-  method.tx, _ = method.make_optimizer(c.steps_per_epoch)
-  state, abstract, shardings = train._init_state(c, method, mesh,
-                                                 len(data.split))
-  ckpt = checkpointing.Checkpointer(str(tmp_path / 'w'), every_steps=100,
-                                    max_to_keep=1)
-  state = train._restore_or_init(c, method, state, abstract, shardings, ckpt)
-  ckpt.close()
-  return mesh, data, method, state, shardings
+  return methods_testlib.loop_state(c, str(tmp_path / 'w'))[:5]
 
 
 def test_init_takes_the_network_and_the_teacher_starts_from_it(

@@ -49,3 +49,37 @@ def tiny(method, root, *, epochs=3, steps=2, bn_group_size=None, **overrides):
   if bn_group_size is not None:
     c.model.bn_group_size = bn_group_size
   return common.override(c, **overrides)
+
+
+def loop_state(c, workdir):
+  """The loop's own set-up up to the state, for tests that drive steps.
+
+  Returns (mesh, train input, method, state after the resume ladder, the
+  state's shardings, a RefreshContext whose extraction uses no flip).
+  """
+  # pylint: disable=g-import-not-at-top
+  from jreid import checkpointing
+  from jreid import registry
+  from jreid import sharding
+  from jreid import train
+  from jreid.data import pipeline
+  from jreid.data import train_input
+  from jreid.evaluation import extract
+  from jreid.methods import base
+  mesh = sharding.make_mesh(1)
+  data = train_input.TrainInput(
+      c, train_input.train_split(c, pipeline.load_datasets(c)), mesh)
+  method = registry.get('method', c.method.name)(c, data.split)
+  method.build_models()
+  method.steps_per_epoch = c.steps_per_epoch
+  method.tx, _ = method.make_optimizer(c.steps_per_epoch)
+  state, abstract, shardings = train._init_state(c, method, mesh,  # pylint: disable=protected-access
+                                                 len(data.split))
+  ckpt = checkpointing.Checkpointer(workdir, every_steps=100, max_to_keep=1)
+  state = train._restore_or_init(c, method, state, abstract, shardings,  # pylint: disable=protected-access
+                                 ckpt)
+  ckpt.close()
+  extractor = extract.Extractor(method.eval_features, mesh, 32)
+  ctx = base.RefreshContext(config=c, train=data.split, mesh=mesh,
+                            extract_train=lambda v: data.extract(extractor, v))
+  return mesh, data, method, state, shardings, ctx

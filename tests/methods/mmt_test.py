@@ -10,18 +10,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jreid import checkpointing
 from jreid import metrics_io
-from jreid import registry
-from jreid import sharding
 from jreid import train
 from jreid import train_step
-from jreid.data import pipeline
-from jreid.data import train_input
-from jreid.evaluation import extract
 from jreid.losses import mutual
-from jreid.methods import base
 from jreid_configs import common
+import methods_testlib
 import train_testlib
 from jreid_configs import mmt as mmt_config
 
@@ -64,22 +58,7 @@ def test_trains_with_either_clustering_and_compiles_once(root, tmp_path,
 
 
 def _setup(c, tmp_path):
-  mesh = sharding.make_mesh(1)
-  data = train_input.TrainInput(
-      c, train_input.train_split(c, pipeline.load_datasets(c)), mesh)
-  method = registry.get('method', 'mmt')(c, data.split)
-  method.build_models()
-  method.tx, _ = method.make_optimizer(c.steps_per_epoch)
-  state, abstract, shardings = train._init_state(c, method, mesh,
-                                                 len(data.split))
-  ckpt = checkpointing.Checkpointer(str(tmp_path / 'w'), every_steps=100,
-                                    max_to_keep=1)
-  state = train._restore_or_init(c, method, state, abstract, shardings, ckpt)
-  ckpt.close()
-  extractor = extract.Extractor(method.eval_features, mesh, 32)
-  ctx = base.RefreshContext(config=c, train=data.split, mesh=mesh,
-                            extract_train=lambda v: data.extract(extractor, v))
-  return mesh, data, method, state, shardings, ctx
+  return methods_testlib.loop_state(c, str(tmp_path / 'w'))
 
 
 def test_peers_differ_and_teachers_start_as_their_peers(root, tmp_path):
