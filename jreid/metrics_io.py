@@ -113,13 +113,13 @@ def truncate_after(path: str, step: int, steps_per_epoch: int) -> int:
   if jax.process_index() != 0 or not os.path.exists(path):
     return 0
   with open(path) as f:
-    lines = [line for line in f if line.strip()]
-  rows = read_jsonl(path)
+    lines = sum(1 for line in f if line.strip())
+  rows = read_jsonl(path)  # drops (and warns about) a partial line
   redone = lambda r: r['step'] > step or (
       r['step'] == step and step % steps_per_epoch == 0 and all(
           k == 'step' or k.startswith('refresh/') for k in r))
   keep = [r for r in rows if not redone(r)]
-  dropped = len(lines) - len(keep)
+  dropped = lines - len(keep)
   if dropped:
     with open(path + '.tmp', 'w') as f:
       f.writelines(json.dumps(r) + '\n' for r in keep)

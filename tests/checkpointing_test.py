@@ -19,19 +19,14 @@ import pytest
 from jreid import checkpoint_integrity as integrity
 from jreid import checkpointing
 from jreid import run_config
+from jreid_configs import common
 
 
 def _config(**changes):
   c = mlc.ConfigDict({'seed': 1, 'sampler': {'batch_size': 16},
                       'data': {'root': '/a', 'image_size': (32, 16)},
                       'evals': {'every_epochs': 1}, 'log_every_steps': 5})
-  for k, v in changes.items():
-    node = c
-    *parents, leaf = k.split('.')
-    for p in parents:
-      node = node[p]
-    node[leaf] = v
-  return c
+  return common.override(c, **changes)
 
 
 def _state(step):

@@ -35,7 +35,9 @@ jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
 
 
 def _register_testlibs() -> None:
-  for path in sorted(pathlib.Path(__file__).parent.rglob('*_testlib.py')):
+  # Shallowest first: a folder's helpers may import those of tests/ itself.
+  paths = pathlib.Path(__file__).parent.rglob('*_testlib.py')
+  for path in sorted(paths, key=lambda p: (len(p.parts), p)):
     if path.stem in sys.modules:
       continue
     spec = importlib.util.spec_from_file_location(path.stem, path)

@@ -225,10 +225,16 @@ def radius_graph(v: sp.csr_array, max_distance: float) -> sp.csr_array:
   rows, cols = np.concatenate(rows), np.concatenate(cols)
   d = _to_distance(_pair_overlaps(v64, rows, cols))
   keep = (d <= max_distance) | (rows == cols)
-  rows, cols, d = rows[keep], cols[keep], d[keep]
+  return symmetric_csr(n, rows[keep], cols[keep], d[keep])
+
+
+def symmetric_csr(n: int, rows, cols, data) -> sp.csr_array:
+  """(N, N) CSR from upper entries (j >= i, each diagonal entry once),
+  mirrored below the diagonal, with sorted indices; zeros are kept."""
+  rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
   off = rows != cols
   keys = np.concatenate([rows * n + cols, cols[off] * n + rows[off]])
-  data = np.concatenate([d, d[off]])
+  data = np.concatenate([data, data[off]])
   order = np.argsort(keys, kind='stable')
   keys, data = keys[order], data[order]
   indptr = np.searchsorted(keys, np.arange(n + 1, dtype=np.int64) * n)

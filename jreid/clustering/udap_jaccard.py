@@ -135,18 +135,6 @@ def encode(features, k1: int = 20, k2: int = 6, *,
                             shift=False)
 
 
-def _symmetric(n: int, rows, cols, data) -> sp.csr_array:
-  """CSR from upper entries (j >= i, diagonal once), mirrored, sorted."""
-  off = rows != cols
-  keys = np.concatenate([rows * n + cols, cols[off] * n + rows[off]])
-  data = np.concatenate([data, data[off]])
-  order = np.argsort(keys, kind='stable')
-  keys, data = keys[order], data[order]
-  indptr = np.searchsorted(keys, np.arange(n + 1, dtype=np.int64) * n)
-  return sp.csr_array((data, (keys % n).astype(np.int32), indptr),
-                      shape=(n, n))
-
-
 def jaccard_graph(v: sp.csr_array, max_distance: float | None = None
                   ) -> sp.csr_array:
   """Sparse J: every pair with J <= max_distance, or with J < 1 if None.
@@ -183,9 +171,9 @@ def jaccard_graph(v: sp.csr_array, max_distance: float | None = None
     cols.append(j[off])
     vals.append(d[off])
   ids = np.arange(n, dtype=np.int64)
-  return _symmetric(n, np.concatenate([ids, *rows]).astype(np.int64),
-                    np.concatenate([ids, *cols]).astype(np.int64),
-                    np.concatenate([diag, *vals]))
+  return jaccard.symmetric_csr(n, np.concatenate([ids, *rows]),
+                               np.concatenate([ids, *cols]),
+                               np.concatenate([diag, *vals]))
 
 
 def udap_jaccard_graph(features, k1: int = 20, k2: int = 6,

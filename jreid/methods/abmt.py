@@ -75,10 +75,8 @@ class ABNetWeights:
     return self.model.apply(variables, x, train=False)['feat']
 
 
-class ABMT(ABNetWeights, clustering_base.ClusteringMethod):
+class ABMT(ABNetWeights, clustering_base.MeanTeacherMethod):
   """Stage-2 ABMT; `method.source_weight=0` is the fully unsupervised form."""
-
-  uses_ema = True
 
   def __init__(self, config, train):
     super().__init__(config, train)
@@ -148,16 +146,7 @@ class ABMT(ABNetWeights, clustering_base.ClusteringMethod):
       return state, info
     # Thesis Fig. 4.4: the teacher's branches should stay apart.
     info['teacher_branch_distance'] = self.last_branch_distance
-    bank = jax.device_get(state.extra['memory'])
-    kernels = self.classifier_kernels(bank['features'], bank['valid'])
-    params = self._with_classifiers(state.params, kernels)
-    extra = dict(state.extra)
-    extra['ema'] = dict(extra['ema'])
-    extra['ema']['params'] = self._with_classifiers(
-        extra['ema']['params'], kernels)
-    # The reference builds a new Adam every epoch: fresh moments, step 0.
-    return state.replace(params=params, opt_state=self.tx.init(params),
-                         extra=extra), info
+    return state, info
 
   def classifier_kernels(self, centroids, valid):
     """{'classifier_a', 'classifier_m'} kernels (D, capacity) of the epoch.
@@ -175,10 +164,12 @@ class ABMT(ABNetWeights, clustering_base.ClusteringMethod):
       out[name] = w.T.astype(np.float32)
     return out
 
-  @staticmethod
-  def _with_classifiers(params, kernels):
+  def with_epoch_classifiers(self, params, bank):
     params = dict(params)
-    for name, kernel in kernels.items():
+    for name, kernel in self.classifier_kernels(bank['features'],
+                                                bank['valid']).items():
+      # A fresh buffer per tree: the step donates the state, and one buffer
+      # cannot be donated twice.
       params[name] = {'kernel': jnp.asarray(kernel)}
     return params
 
@@ -211,14 +202,3 @@ class ABMT(ABNetWeights, clustering_base.ClusteringMethod):
     loss = sum(terms.values())
     return loss, {'batch_stats': new_stats, 'metrics': dict(terms, loss=loss),
                   'ema_batch_stats': teacher_stats}
-
-  def post_update(self, state, aux, batch):
-    del batch
-    g = state.step.astype(jnp.float32)  # updates before this one
-    alpha = jnp.minimum(1.0 - 1.0 / (g + 1.0),
-                        self.config.method.ema_momentum)
-    extra = dict(state.extra)
-    extra['ema'] = {'params': self.ema_update(extra['ema']['params'],
-                                              state.params, alpha),
-                    'batch_stats': aux['ema_batch_stats']}
-    return state.replace(extra=extra)

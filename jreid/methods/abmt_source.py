@@ -19,7 +19,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jreid.data import augment
 from jreid.data import samplers
 from jreid.losses import classification
 from jreid.losses import mutual
@@ -32,9 +31,7 @@ class ABMTSource(abmt.ABNetWeights, supervised.Supervised):
   """Supervised source training of ABNet, with target BN adaptation."""
 
   def __init__(self, config, train):
-    base.Method.__init__(self, config, train)
-    self.view = augment.make_view(config.aug.train,
-                                             pad=config.aug.get('pad'))
+    super().__init__(config, train)  # the view; the labels are redone here
     source = train.fields.get('source')
     m = config.method
     if source is None:

@@ -244,3 +244,47 @@ class ClusteringMethod(base.Method):
     """theta_m <- m * theta_m + (1 - m) * theta_o (parameters only)."""
     return jax.tree.map(lambda e, p: momentum * e + (1.0 - momentum) * p,
                         ema_params, params)
+
+
+class MeanTeacherMethod(ClusteringMethod):
+  """ABMT and MMT: per-epoch centroid classifiers and a ramped EMA teacher.
+
+  After each successful refresh the classifiers of the students and their
+  teachers are re-created from the centroid bank (subclasses say where, in
+  `with_epoch_classifiers`) and the optimizer state starts afresh, as the
+  references re-create Adam every epoch. After each update the teachers
+  follow theta' <- a theta' + (1 - a) theta, a = min(1 - 1/(g + 1),
+  method.ema_momentum) with g the updates before this one; their BN
+  statistics come from their own train-mode forwards
+  (aux['ema_batch_stats']).
+  """
+
+  uses_ema = True
+
+  def with_epoch_classifiers(self, params, bank):
+    """`params` with the epoch's classifiers built from the host `bank`."""
+    raise NotImplementedError
+
+  def refresh(self, ctx, state, epoch):
+    state, info = super().refresh(ctx, state, epoch)
+    if info.get('refresh_failed'):
+      return state, info
+    bank = jax.device_get(state.extra['memory'])
+    params = self.with_epoch_classifiers(state.params, bank)
+    extra = dict(state.extra)
+    extra['ema'] = dict(extra['ema'])
+    extra['ema']['params'] = self.with_epoch_classifiers(
+        extra['ema']['params'], bank)
+    return state.replace(params=params, opt_state=self.tx.init(params),
+                         extra=extra), info
+
+  def post_update(self, state, aux, batch):
+    del batch
+    g = state.step.astype(jnp.float32)
+    alpha = jnp.minimum(1.0 - 1.0 / (g + 1.0),
+                        self.config.method.ema_momentum)
+    extra = dict(state.extra)
+    extra['ema'] = {'params': self.ema_update(extra['ema']['params'],
+                                              state.params, alpha),
+                    'batch_stats': aux['ema_batch_stats']}
+    return state.replace(extra=extra)

@@ -41,17 +41,14 @@ from jreid.clustering import dbscan
 from jreid.clustering import udap_jaccard
 from jreid.data import augment
 from jreid.losses import mutual
-from jreid.methods import abmt
 from jreid.methods import clustering_base
 from jreid.models import pretrained
 
 NETS = ('net1', 'net2')
 
 
-class MMT(clustering_base.ClusteringMethod):
+class MMT(clustering_base.MeanTeacherMethod):
   """Two peers, two EMA teachers, k-means or DBSCAN pseudo labels."""
-
-  uses_ema = True
 
   def __init__(self, config, train):
     super().__init__(config, train)
@@ -127,23 +124,10 @@ class MMT(clustering_base.ClusteringMethod):
         labels=(np.asarray(labels, np.int32),), eps=(eps,),
         timings={'cluster': time.perf_counter() - start})
 
-  def refresh(self, ctx, state, epoch):
-    state, info = super().refresh(ctx, state, epoch)
-    if info.get('refresh_failed'):
-      return state, info
-    bank = jax.device_get(state.extra['memory'])
+  def with_epoch_classifiers(self, params, bank):
+    """Every peer's classifier = the normalised centroids (zero padding)."""
     kernel = np.where(bank['valid'][:, None], bank['features'], 0.0).T
     kernel = kernel.astype(np.float32)
-    params = self._with_classifier(state.params, kernel)
-    extra = dict(state.extra)
-    extra['ema'] = dict(extra['ema'])
-    extra['ema']['params'] = self._with_classifier(extra['ema']['params'],
-                                                   kernel)
-    return state.replace(params=params, opt_state=self.tx.init(params),
-                         extra=extra), info
-
-  @staticmethod
-  def _with_classifier(params, kernel):
     params = {n: dict(p) for n, p in params.items()}
     for n in NETS:
       params[n]['head'] = dict(params[n]['head'])
@@ -190,8 +174,6 @@ class MMT(clustering_base.ClusteringMethod):
     loss = sum(terms.values())
     return loss, {'batch_stats': stats, 'metrics': dict(terms, loss=loss),
                   'ema_batch_stats': t_stats}
-
-  post_update = abmt.ABMT.post_update  # the ramped EMA of both teachers
 
   # ------------------------------------------------------------------ test
   def eval_variables(self, state):

@@ -113,22 +113,21 @@ def kaiming_fan_in(variables: dict[str, Any], key: jax.Array,
   BatchNorm: scale ~ N(1, 0.02), bias 0. Other subtrees are untouched.
   """
   params = dict(variables['params'])
-  leaves = jax.tree_util.tree_flatten_with_path(params[part])[0]
-  keys = jax.random.split(key, len(leaves))
-  new = {}
-  for (path, x), k in zip(leaves, keys):
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(params[part])
+
+  def draw(path, x, k):
     name = path[-1].key
     if name == 'kernel':  # HWIO
-      fan_in = math.prod(x.shape[:-1])
-      v = jax.random.normal(k, x.shape, jnp.float32) * math.sqrt(2.0 / fan_in)
-    elif name == 'scale':
-      v = 1.0 + 0.02 * jax.random.normal(k, x.shape, jnp.float32)
-    else:
-      v = jnp.zeros(x.shape, jnp.float32)
-    new[tuple(p.key for p in path)] = v.astype(x.dtype)
-  rebuilt = jax.tree_util.tree_map_with_path(
-      lambda p, _: new[tuple(e.key for e in p)], params[part])
-  params[part] = rebuilt
+      std = math.sqrt(2.0 / math.prod(x.shape[:-1]))
+      return (jax.random.normal(k, x.shape, jnp.float32) * std).astype(x.dtype)
+    if name == 'scale':
+      return (1.0 + 0.02 * jax.random.normal(k, x.shape, jnp.float32)
+              ).astype(x.dtype)
+    return jnp.zeros(x.shape, x.dtype)
+
+  keys = jax.random.split(key, len(leaves))
+  params[part] = jax.tree_util.tree_unflatten(
+      treedef, [draw(p, x, k) for (p, x), k in zip(leaves, keys)])
   return {**variables, 'params': params}
 
 

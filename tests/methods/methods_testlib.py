@@ -8,9 +8,9 @@ because the network is random.
 import importlib
 
 from jreid_configs import common
+import train_testlib
 
-TINY_DATA = dict(num_train_ids=12, num_test_ids=6, num_distractors=6,
-                 num_junk=4, height=32, width=16)
+TINY_DATA = train_testlib.TINY_DATA
 
 
 def tiny(method, root, *, epochs=3, steps=2, bn_group_size=None, **overrides):
@@ -28,15 +28,10 @@ def tiny(method, root, *, epochs=3, steps=2, bn_group_size=None, **overrides):
   c = importlib.import_module(f'jreid_configs.{method}').get_config('runlocal')
   c.data.root = root
   c.data.kwargs = TINY_DATA
-  c.data.image_size = (32, 16)
-  c.model.width = 8
-  c.sampler.batch_size = 16
+  train_testlib.shrink(c)
   c.num_epochs = epochs
   c.steps_per_epoch = steps
-  c.checkpoint_every_steps = 2
   c.evals.every_epochs = epochs
-  c.evals.batch_size = 32
-  c.mesh.num_devices = 1
   if method != 'supervised':
     c.method.eps = 0.5
     c.method.min_samples = 2
