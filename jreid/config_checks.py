@@ -12,6 +12,19 @@ ml_collections or the input pipeline:
   validate(config)                 ValueError when a field the loop relies on
                                    has the wrong shape (data.image_size, the
                                    sampler's batch geometry)
+  DEFINE_config_file(name, ...)    ml_collections' config-file flag whose
+                                   overrides may add parser keywords
+                                   (below)
+
+Groups named `kwargs` (config.data.kwargs, config.data.sources.<key>.kwargs:
+a dataset parser's keyword arguments) are open: `--config.data.kwargs.KEY=V`
+may name a key the config file does not declare, since which keywords a
+parser takes is the parser's business, not the preset's. Two pieces make
+that work: `unknown_overrides` accepts such a key, and `DEFINE_config_file`
+(use it instead of ml_collections' own) declares it in the loaded config
+before the overrides are applied; the value is read as a Python literal
+(`8` -> 8, `v2` -> 'v2', `False` -> False). Everything else stays closed:
+a key unknown anywhere else is an error.
 """
 
 from __future__ import annotations
@@ -19,6 +32,7 @@ from __future__ import annotations
 import difflib
 import numbers
 import re
+import sys
 from typing import Any, Sequence
 
 from absl import flags
@@ -29,6 +43,8 @@ from ml_collections import config_flags
 _OVERRIDE = r'^-{{1,2}}(?:no)?{name}\.([^=\s]+)'
 _NEAREST = 3       # names listed per unknown field
 _CLOSE = 0.6       # difflib ratio from which a name counts as a likely typo
+# Groups whose keys a command line or override() may add (parser arguments).
+OPEN_GROUPS = ('kwargs',)
 
 
 def config_spec(argv: Sequence[str], name: str = 'config') -> str | None:
@@ -139,17 +155,43 @@ def nearest_fields(config: Any, path: str, n: int = _NEAREST) -> list[str]:
   return sorted(siblings, key=lambda f: (-_similarity(path, f), f))[:n]
 
 
-def unknown_field_message(config: Any, path: str,
-                          name: str = 'config') -> str | None:
-  """A one-line message when `path` is no field of `config`, else None."""
+def is_open_key(config: Any, path: str) -> bool:
+  """Whether `path` is a new key directly inside an existing open group
+  (e.g. 'data.kwargs.num_cams' when config.data.kwargs exists)."""
+  parent, _, key = path.rpartition('.')
+  if not parent or not key or parent.rsplit('.', 1)[-1] not in OPEN_GROUPS:
+    return False
+  return _missing_at(config, parent) is None and _is_group(
+      _get(config, parent))
+
+
+def _get(config: Any, path: str) -> Any:
+  node = config
+  for part in path.split('.'):
+    node = node[part]
+  return node
+
+
+def unknown_field_message(config: Any, path: str, name: str = 'config',
+                          origin: str | None = None) -> str | None:
+  """A one-line message when `path` is no field of `config`, else None.
+
+  A new key of an open group (`is_open_key`) counts as a field. `origin`
+  says where the path came from in the message (default: the flag
+  `--{name}.{path}`).
+  """
   missing = _missing_at(config, path)
-  if missing is None:
+  if missing is None or is_open_key(config, path):
     return None
   parent, node = missing
-  msg = f'no config field {path} (from --{name}.{path})'
+  msg = f'no config field {path} (from {origin or f"--{name}.{path}"})'
   if not _is_group(node):
     return (f'{msg}: config.{parent} holds a value ({type(node).__name__}), '
             'not a group of fields')
+  if parent.rsplit('.', 1)[-1] in OPEN_GROUPS:
+    return (f'{msg}: config.{parent} takes new keys one level deep '
+            f'(a parser keyword, e.g. {parent}.{path.split(".")[-1]}), '
+            'not nested ones')
   if not node and parent:
     return (f'{msg}: config.{parent} has no fields to override; add '
             f'{path.removeprefix(parent + ".")} to it in the config file')
@@ -175,6 +217,86 @@ def unknown_overrides(config: Any, argv: Sequence[str],
     if msg:
       messages.append(msg)
   return messages
+
+
+def declare_open_keys(config: Any, argv: Sequence[str],
+                      name: str = 'config') -> list[str]:
+  """Adds to `config` the new open-group keys the overrides of argv name.
+
+  Each `--{name}.a.kwargs.KEY=...` whose KEY config.a.kwargs lacks gets a
+  placeholder field of type `object` (None until the override sets it), so
+  ml_collections' override machinery parses the value as a Python literal
+  and sets it like any declared field.
+
+  Returns:
+    The dotted paths declared.
+  """
+  declared = []
+  for path in dict.fromkeys(override_paths(argv, name)):
+    if _missing_at(config, path) is not None and is_open_key(config, path):
+      parent, _, key = path.rpartition('.')
+      group = _get(config, parent)
+      if isinstance(group, mlc.ConfigDict):
+        with group.unlocked():
+          group[key] = mlc.FieldReference(None, field_type=object)
+        declared.append(path)
+  return declared
+
+
+class _OpenKwargsParser(flags.ArgumentParser):
+  """ml_collections' config-file parser, then `declare_open_keys`.
+
+  Wraps the parser ml_collections' flag was defined with (it loads and
+  locks the config); the overrides are read from the same argv as
+  ml_collections reads them (`sys_argv`, else sys.argv, with --flagfile
+  expanded).
+  """
+
+  def __init__(self, inner: flags.ArgumentParser, name: str,
+               sys_argv: Sequence[str] | None):
+    self._inner = inner
+    self._name = name
+    self._sys_argv = sys_argv
+
+  def parse(self, argument):
+    config = self._inner.parse(argument)
+    if isinstance(config, mlc.ConfigDict):
+      argv = sys.argv if self._sys_argv is None else self._sys_argv
+      argv = flags.FLAGS.read_flags_from_files(list(argv), force_gnu=False)
+      declare_open_keys(config, argv, self._name)
+    return config
+
+  def flag_type(self):
+    return self._inner.flag_type()
+
+
+def DEFINE_config_file(  # pylint: disable=invalid-name
+    name: str, default: str | None = None,
+    help_string: str = 'Config file (optionally FILE.py:arg).',
+    flag_values: flags.FlagValues = flags.FLAGS,
+    sys_argv: Sequence[str] | None = None) -> flags.FlagHolder:
+  """ml_collections' DEFINE_config_file (locked config) with open kwargs.
+
+  The same flag, `--{name}=FILE.py[:arg]` plus `--{name}.a.b=value`
+  overrides, and the same locked ConfigDict; in addition an override may
+  add a key to a `kwargs` group (module docstring). Keys unknown elsewhere
+  still fail in ml_collections; call `unknown_overrides` first for the
+  one-line message.
+
+  Args:
+    name: the flag's name.
+    default: the flag's default (a config file), parsed without open keys.
+    help_string: the flag's help.
+    flag_values: the absl registry (a private one in tests).
+    sys_argv: the argv the overrides are read from; None = sys.argv at
+      parse time, as in ml_collections.
+  """
+  holder = config_flags.DEFINE_config_file(
+      name, default, help_string, flag_values=flag_values, lock_config=True,
+      sys_argv=None if sys_argv is None else list(sys_argv))
+  flag = flag_values[name]
+  flag.parser = _OpenKwargsParser(flag.parser, name, sys_argv)
+  return holder
 
 
 def _is_int(value: Any) -> bool:

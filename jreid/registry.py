@@ -19,6 +19,9 @@ _TABLE: dict[str, dict[str, Any]] = {
         'msmt17': 'jreid.data.datasets.msmt17:load',
         'veri776': 'jreid.data.datasets.veri776:load',
         'synthetic': 'jreid.data.datasets.synthetic:load',
+        # Custom data: Market-style folders, or a path,pid,camid,split CSV.
+        'folder': 'jreid.data.datasets.folder:load',
+        'csv': 'jreid.data.datasets.csv_list:load',
     },
     'method': {
         'supervised': 'jreid.methods.supervised:Supervised',

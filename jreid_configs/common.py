@@ -12,6 +12,8 @@ import ast
 
 import ml_collections as mlc
 
+from jreid import config_checks
+
 # Where each dataset is expected by default. `config.data.root` may be the
 # dataset folder itself or any parent that contains it (the parsers search).
 DEFAULT_ROOTS = {
@@ -20,6 +22,10 @@ DEFAULT_ROOTS = {
     'dukemtmc': 'data',
     'msmt17': 'data',
     'veri776': 'data',
+    # Custom data (jreid/data/datasets/folder.py, csv_list.py): the folder
+    # holding bounding_box_train/, query/, bounding_box_test/; the CSV file.
+    'folder': 'data/custom',
+    'csv': 'data/custom.csv',
 }
 
 # Paper-standard input sizes (H, W): persons 256x128, VeRi 224x224 (CC/SpCL).
@@ -63,14 +69,30 @@ def parse_arg(arg: str | None, **defaults) -> mlc.ConfigDict:
 def override(c: mlc.ConfigDict, **dotted) -> mlc.ConfigDict:
   """Sets 'a.b.c'-named fields, as --config.a.b.c=value does on the CLI.
 
-  For launchers and notebooks: override(c, **{'optim.lr': 1e-3}).
+  For launchers and notebooks: override(c, **{'optim.lr': 1e-3}). The same
+  keys are accepted as on the command line (jreid.config_checks): existing
+  fields, and new keys of a dataset's `kwargs` group
+  (override(c, **{'data.kwargs.num_cams': 8})).
+
+  Raises:
+    ValueError: a key names no field; the message lists the nearest field
+      names, e.g. "no config field optim.learning_rate (from
+      override(optim.learning_rate=...)); nearest: optim.lr".
   """
   for key, value in dotted.items():
+    message = config_checks.unknown_field_message(
+        c, key, origin=f'override({key}=...)')
+    if message:
+      raise ValueError(message)
     node = c
     *path, last = key.split('.')
     for name in path:
       node = node[name]
-    node[last] = value
+    if last in node or not isinstance(node, mlc.ConfigDict):
+      node[last] = value
+    else:  # a new key of an open group, even in a locked config
+      with node.unlocked():
+        node[last] = value
   return c
 
 

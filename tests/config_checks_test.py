@@ -4,11 +4,14 @@ import glob
 import importlib
 import os
 
+from absl import flags
 import ml_collections as mlc
 import numpy as np
 import pytest
 
 from jreid import config_checks
+from jreid.data import pipeline
+from jreid.data.records import DatasetError
 from jreid_configs import common
 
 ROOT = os.path.join(os.path.dirname(__file__), '..')
@@ -17,7 +20,8 @@ METHODS = sorted(
     os.path.splitext(os.path.basename(f))[0]
     for f in glob.glob(os.path.join(ROOT, 'jreid_configs', '*.py'))
     if os.path.basename(f) not in ('__init__.py', 'common.py'))
-DATASETS = ['synthetic', 'market1501', 'dukemtmc', 'msmt17', 'veri776']
+DATASETS = ['synthetic', 'market1501', 'dukemtmc', 'msmt17', 'veri776',
+            'folder', 'csv']
 
 
 def _supervised():
@@ -159,3 +163,70 @@ def test_absent_fields_are_not_checked():
   del c.sampler['num_instances']
   c.sampler.batch_size = 30
   config_checks.validate(c)
+
+
+# ------------------------------------------------- open kwargs groups
+
+
+def _parse(argv):
+  """The flag parsing of jreid.main: the pre-check, then the config flag."""
+  assert config_checks.unknown_overrides(config_checks.load_config(argv),
+                                         argv) == []
+  values = flags.FlagValues()
+  holder = config_checks.DEFINE_config_file('config', flag_values=values,
+                                            sys_argv=argv)
+  values(argv)
+  return holder.value
+
+
+def test_a_parser_keyword_may_be_new_only_inside_kwargs():
+  c = importlib.import_module('jreid_configs.abmt').get_config(
+      'dataset=dukemtmc,source=market1501')
+  argv = ['p', '--config.data.kwargs.num_cams=8',
+          '--config.data.sources.market1501.kwargs.layout=v2',
+          '--config.data.kwarg.num_cams=8', '--config.data.kwargs.a.b=1',
+          '--config.data.num_cams=8']
+  msgs = config_checks.unknown_overrides(c, argv)
+  assert [m.split(' (')[0] for m in msgs] == [
+      'no config field data.kwarg.num_cams', 'no config field data.kwargs.a.b',
+      'no config field data.num_cams']
+  assert msgs[0].split('nearest: ')[1].startswith('data.kwargs')
+  assert config_checks.is_open_key(c, 'data.kwargs.num_cams')
+  assert not config_checks.is_open_key(c, 'data.sources.duke.kwargs.x')
+
+
+def _market_with_camera_8(root):
+  for sub, names in (('bounding_box_train', ['0001_c1s1_000001_00.jpg',
+                                             '0002_c8s1_000001_00.jpg']),
+                     ('query', ['0003_c2s1_000001_00.jpg']),
+                     ('bounding_box_test', ['0003_c8s1_000002_00.jpg'])):
+    os.makedirs(os.path.join(root, sub))
+    for n in names:
+      open(os.path.join(root, sub, n), 'wb').close()
+
+
+def test_kwargs_override_reaches_the_dataset(tmp_path):
+  _market_with_camera_8(str(tmp_path))
+  argv = ['p', f'--config={SUPERVISED}:dataset=market1501',
+          f'--config.data.root={tmp_path}']
+  with pytest.raises(DatasetError, match=r'camera 8 .* range \[1, 6\]'):
+    pipeline.load_dataset(_parse(argv))
+  # market1501's preset declares no kwargs; the flag adds num_cams.
+  config = _parse(argv + ['--config.data.kwargs.num_cams=8',
+                          '--config.data.kwargs.check_sizes=false'])
+  assert config.data.kwargs.to_dict() == {'num_cams': 8, 'check_sizes': False}
+  assert config.is_locked and config.data.kwargs.is_locked
+  dataset = pipeline.load_dataset(config)
+  np.testing.assert_array_equal(dataset.train.camids, [0, 7])
+  np.testing.assert_array_equal(dataset.gallery.camids, [7])
+
+
+def test_kwargs_values_are_literals_and_declared_keys_keep_their_type():
+  config = _parse(['p', f'--config={SUPERVISED}',
+                   '--config.data.kwargs.domain=1',
+                   '--config.data.kwargs.layout=v2',
+                   '--config.data.kwargs.sizes=(1, 2)'])
+  assert config.data.kwargs.to_dict() == {'domain': 1, 'layout': 'v2',
+                                          'sizes': (1, 2)}
+  with pytest.raises(flags.IllegalFlagValueError):
+    _parse(['p', f'--config={SUPERVISED}', '--config.data.kwargs.domain=x'])

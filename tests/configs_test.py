@@ -39,7 +39,7 @@ def test_every_config_documents_launch_command_and_targets(path):
 
 @pytest.mark.parametrize('path', METHOD_CONFIGS)
 @pytest.mark.parametrize('dataset', ['synthetic', 'market1501', 'dukemtmc',
-                                     'msmt17', 'veri776'])
+                                     'msmt17', 'veri776', 'folder', 'csv'])
 def test_presets_build_for_every_dataset(path, dataset):
   c = _module(path).get_config(f'dataset={dataset}')
   assert c.data.name == dataset
@@ -96,3 +96,30 @@ def test_abmt_uda_presets(source, target):
   assert free.method.source_weight == 0.0 and not free.data.train_on
   with pytest.raises(ValueError, match='give source='):
     abmt.get_config(f'dataset={target},stage=1')
+
+
+def test_custom_datasets_have_default_roots():
+  assert common.base_config('folder').data.root == 'data/custom'
+  assert common.base_config('csv').data.root == 'data/custom.csv'
+
+
+def test_override_rejects_unknown_keys_with_the_nearest_names():
+  c = common.base_config('market1501')
+  with pytest.raises(ValueError) as e:
+    common.override(c, **{'optim.learning_rate': 1e-3})
+  assert str(e.value).startswith(
+      'no config field optim.learning_rate (from '
+      'override(optim.learning_rate=...)); nearest: optim.lr')
+  with pytest.raises(ValueError, match='no config field data.kwargs.a.b'):
+    common.override(c, **{'data.kwargs.a.b': 1})
+  with pytest.raises(ValueError, match='config.seed holds a value'):
+    common.override(c, **{'seed.x': 1})
+  assert c.optim.lr == 3.5e-4 and 'a' not in c.data.kwargs
+
+
+def test_override_sets_fields_and_new_parser_keywords_like_the_cli():
+  c = common.base_config('market1501')
+  c.lock()
+  common.override(c, **{'optim.lr': 1e-3, 'data.kwargs.num_cams': 8})
+  assert c.optim.lr == 1e-3 and c.data.kwargs.num_cams == 8
+  assert c.is_locked and c.data.kwargs.is_locked

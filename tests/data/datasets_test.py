@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import numpy as np
 import pytest
 
 from jreid import registry
+from jreid.data.datasets import common
 from jreid.data.datasets import dukemtmc
 from jreid.data.datasets import market1501
 from jreid.data.datasets import msmt17
@@ -251,3 +253,57 @@ def test_registry_resolves_every_parser():
   for name, module in (('market1501', market1501), ('dukemtmc', dukemtmc),
                        ('msmt17', msmt17), ('veri776', veri776)):
     assert registry.get('dataset', name) is module.load
+
+
+# ------------------------------------------------------ published sizes
+
+
+def _sizes(**counts):
+  base = dict(title='Market-1501', train=3, query=2, gallery=5, train_ids=2,
+              num_cams=6)
+  return common.PublishedSizes(**{**base, **counts})
+
+
+def test_size_mismatches_names_split_found_and_expected(tmp_path):
+  _market_tree(str(tmp_path))
+  ds = market1501.load(str(tmp_path), check_sizes=False)
+  assert common.size_mismatches(ds, _sizes()) == []
+  [msg] = common.size_mismatches(ds, _sizes(train=12936))
+  assert msg == (f'market1501 at {tmp_path}: train has 3 images, the '
+                 'published Market-1501 has 12,936; incomplete extraction?')
+  msgs = common.size_mismatches(ds, _sizes(query=1, gallery=6, train_ids=751))
+  assert [m.split(': ', 1)[1].split(',')[0] for m in msgs] == [
+      'query has 2 images', 'gallery has 5 images', 'train has 2 ids']
+  assert 'extra files' in msgs[0] and 'incomplete extraction?' in msgs[1]
+
+
+@pytest.mark.parametrize('module', [market1501, dukemtmc, msmt17, veri776])
+def test_every_real_parser_knows_its_published_sizes(module):
+  want = {'market1501': (12936, 3368, 19732, 751, 6),
+          'dukemtmc': (16522, 2228, 17661, 702, 8),
+          'msmt17': (32621, 11659, 82161, 1041, 15),
+          'veri776': (37778, 1678, 11579, 576, 20)}[module.NAME]
+  s = module.SIZES
+  assert (s.train, s.query, s.gallery, s.train_ids, s.num_cams) == want
+
+
+def test_parser_warns_when_an_image_is_missing(tmp_path, caplog, monkeypatch):
+  _market_tree(str(tmp_path))
+  # The fake tree stands in for a complete Market-1501 of its own size.
+  monkeypatch.setattr(market1501, 'SIZES', _sizes())
+  with caplog.at_level(logging.WARNING):
+    market1501.load(str(tmp_path))
+  assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+  os.remove(tmp_path / 'query' / '0007_c6s1_000900_00.jpg')
+  with caplog.at_level(logging.WARNING):
+    ds = market1501.load(str(tmp_path))  # a warning, not an error
+  assert len(ds.query) == 1
+  [warning] = [r.getMessage() for r in caplog.records
+               if r.levelno == logging.WARNING]
+  assert 'query has 1 image, the published Market-1501 has 2' in warning
+  assert warning.endswith('incomplete extraction?')
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    market1501.load(str(tmp_path), check_sizes=False)
+    market1501.load(str(tmp_path), name='synthetic')  # not Market itself
+  assert not caplog.records

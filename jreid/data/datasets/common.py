@@ -6,16 +6,23 @@ names the reference repos use), `list_images` lists one split folder in sorted
 order, and `parse_names` turns file names into (pid, camid) with a regex. None
 of this decodes an image: parsing 100k file names must take well under a second.
 
+The real datasets also know their published sizes (`PublishedSizes`):
+`warn_if_incomplete` logs a warning per split whose image count (or train id
+count) differs, the usual sign of an interrupted download or extraction. It
+is a warning, not an error: a deliberately trimmed copy still loads.
+
 Every failure is a `DatasetError` that names the path and says what was
 expected, because a wrong dataset path is the most common first-run problem.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from typing import Iterable, Sequence
 
+from absl import logging
 import numpy as np
 
 from jreid.data.records import DatasetError
@@ -198,6 +205,22 @@ def parse_folder(folder: str, pattern: re.Pattern[str], *, num_cams: int,
   return build_split(paths, pids, cams - 1, keep_junk=keep_junk, where=folder)
 
 
+def dense_cameras(camera_numbers: list[np.ndarray]) -> tuple[
+    list[np.ndarray], np.ndarray]:
+  """Numbers the cameras found in all splits 0..C-1 in sorted order.
+
+  Args:
+    camera_numbers: per split, the camera numbers as written in the data.
+
+  Returns:
+    Per split the 0-based camera ids, and the sorted distinct numbers (the
+    number written for camera id i is `numbers[i]`).
+  """
+  numbers = np.unique(np.concatenate(camera_numbers))
+  return [np.searchsorted(numbers, c).astype(np.int32)
+          for c in camera_numbers], numbers
+
+
 def load_market_layout(root: str, candidates, split_folders, pattern, *,
                        name: str, num_cams: int, max_pid, example: str):
   """Market-style train/query/gallery folders -> ReidDataset.
@@ -212,3 +235,62 @@ def load_market_layout(root: str, candidates, split_folders, pattern, *,
         f'{folder}/{sub}', pattern, num_cams=num_cams, max_pid=max_pid,
         keep_junk=split == 'gallery', example=example)
   return ReidDataset(name=name, root=folder, **splits)
+
+
+@dataclasses.dataclass(frozen=True)
+class PublishedSizes:
+  """A dataset's published split sizes, as its parser returns the splits.
+
+  Attributes:
+    title: the dataset's published name, e.g. 'Market-1501'.
+    train, query, gallery: images per split after parsing (gallery junk
+      included where the parser keeps it).
+    train_ids: identities of the train split.
+    num_cams: cameras of the dataset.
+  """
+  title: str
+  train: int
+  query: int
+  gallery: int
+  train_ids: int
+  num_cams: int
+
+  def images(self, split: str) -> int:
+    return getattr(self, split)
+
+
+def size_mismatches(dataset: ReidDataset,
+                    expected: PublishedSizes) -> list[str]:
+  """One message per count of `dataset` that differs from `expected`.
+
+  Compares the image count of each split and the train split's id count.
+
+  Returns:
+    Messages naming the split, the count found and the published one, e.g.
+    "market1501 at /d/Market: train has 12,935 images, the published
+    Market-1501 has 12,936; incomplete extraction?"; [] when all match.
+  """
+  where = f'{dataset.name} at {dataset.root}'
+  found = [(split, 'images', len(getattr(dataset, split)),
+            expected.images(split))
+           for split in ('train', 'query', 'gallery')]
+  found.append(('train', 'ids', dataset.train.num_ids, expected.train_ids))
+  messages = []
+  for split, what, n, want in found:
+    if n == want:
+      continue
+    hint = ('incomplete extraction?' if n < want else
+            'extra files in the folder, or another release?')
+    what = what if n != 1 else what[:-1]  # 1 image, 1 id
+    messages.append(f'{where}: {split} has {n:,} {what}, the published '
+                    f'{expected.title} has {want:,}; {hint}')
+  return messages
+
+
+def warn_if_incomplete(dataset: ReidDataset,
+                       expected: PublishedSizes) -> list[str]:
+  """Logs `size_mismatches` as warnings (not errors) and returns them."""
+  messages = size_mismatches(dataset, expected)
+  for message in messages:
+    logging.warning('%s', message)
+  return messages

@@ -23,8 +23,11 @@ dropped from train and query and kept in the gallery as junk. Within each split
 the order is `sorted()` on the absolute path (not list-file order), the same
 rule as every other parser.
 
-Expected sizes: train 32,621 images (1,041 ids), query 11,659, gallery 82,161
-(3,060 test ids).
+Expected sizes (V1, V2 and the Market-style re-packaging alike): train
+32,621 images (1,041 ids), query 11,659, gallery 82,161 (3,060 test ids).
+Other counts log a warning per split ("incomplete extraction?");
+`check_sizes=False` silences it. `layout_of(folder)` names the layout a
+dataset folder holds.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from __future__ import annotations
 import os
 import re
 
+from absl import logging
 import numpy as np
 
 from jreid.data.datasets import common
@@ -39,6 +43,9 @@ from jreid.data.records import DatasetError
 from jreid.data.records import ReidDataset
 from jreid.data.records import Split
 
+NAME = 'msmt17'
+SIZES = common.PublishedSizes(title='MSMT17', train=32621, query=11659,
+                              gallery=82161, train_ids=1041, num_cams=15)
 LIST_PATTERN = re.compile(r'([-\d]+)_([-\d]+)_([-\d]+)')
 MARKET_PATTERN = re.compile(r'([-\d]+)_c(\d+)')
 NUM_CAMS = 15
@@ -137,14 +144,24 @@ def _required(layout: str) -> tuple[str, ...]:
   return _IMAGE_FOLDERS[layout] + LIST_FILES
 
 
-def load(root: str, *, layout: str | None = None,
-         name: str = 'msmt17') -> ReidDataset:
+def layout_of(folder: str) -> str | None:
+  """'v1', 'v2' or 'market': the first layout whose entries `folder` holds."""
+  for layout in CANDIDATES:
+    if all(os.path.exists(os.path.join(folder, r)) for r in _required(layout)):
+      return layout
+  return None
+
+
+def load(root: str, *, layout: str | None = None, name: str = NAME,
+         check_sizes: bool = True) -> ReidDataset:
   """Parses MSMT17 without decoding images.
 
   Args:
     root: the dataset folder or a parent of it (see the module docstring).
     layout: 'v1', 'v2' or 'market'; None tries them in that order.
     name: the dataset name stored in the result.
+    check_sizes: warn when a split's size differs from the published one
+      (only under the name 'msmt17').
 
   Returns:
     ReidDataset; cameras 0..14.
@@ -176,5 +193,9 @@ def load(root: str, *, layout: str | None = None,
             example='0000_c1_0001.jpg')
     else:
       splits = _load_lists(folder, lay)
-    return ReidDataset(name=name, root=folder, **splits)
+    logging.info('%s: %s layout at %s', name, lay, folder)
+    dataset = ReidDataset(name=name, root=folder, **splits)
+    if check_sizes and name == NAME:
+      common.warn_if_incomplete(dataset, SIZES)
+    return dataset
   raise DatasetError('\n'.join(errors))

@@ -12,7 +12,8 @@ the absolute path. The VeRi XML/label files are not read: the names carry
 everything the ReID protocol needs.
 
 Expected sizes: train 37,778 images (576 ids), query 1,678, gallery 11,579
-(200 ids).
+(200 ids). Other counts log a warning per split ("incomplete extraction?");
+`check_sizes=False` silences it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ import re
 from jreid.data.datasets import common
 from jreid.data.records import ReidDataset
 
+NAME = 'veri776'
+SIZES = common.PublishedSizes(title='VeRi-776', train=37778, query=1678,
+                              gallery=11579, train_ids=576, num_cams=20)
 PATTERN = re.compile(r'([-\d]+)_c([-\d]+)')
 EXAMPLE = '0001_c001_00016450_0.jpg'
 SPLIT_FOLDERS = ('image_train', 'image_query', 'image_test')
@@ -29,12 +33,15 @@ CANDIDATES = ('VeRi', 'veri/VeRi', 'veri', 'VeRi-776', 'veri776',
               'VeRi776', 'veri776/VeRi')
 
 
-def load(root: str, *, name: str = 'veri776') -> ReidDataset:
+def load(root: str, *, name: str = NAME,
+         check_sizes: bool = True) -> ReidDataset:
   """Parses VeRi-776 without decoding images.
 
   Args:
     root: the dataset folder or a parent of it (see the module docstring).
     name: the dataset name stored in the result.
+    check_sizes: warn when a split's size differs from the published one
+      (only under the name 'veri776').
 
   Returns:
     ReidDataset; vehicle ids in 0..776 (gallery may hold -1), cameras 0..19.
@@ -49,4 +56,7 @@ def load(root: str, *, name: str = 'veri776') -> ReidDataset:
     splits[split] = common.parse_folder(
         f'{folder}/{sub}', PATTERN, num_cams=20, max_pid=776,
         keep_junk=split == 'gallery', example=EXAMPLE)
-  return ReidDataset(name=name, root=folder, **splits)
+  dataset = ReidDataset(name=name, root=folder, **splits)
+  if check_sizes and name == NAME:
+    common.warn_if_incomplete(dataset, SIZES)
+  return dataset
