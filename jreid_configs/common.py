@@ -105,6 +105,12 @@ def base_config(dataset: str) -> mlc.ConfigDict:
   c.data.name = dataset
   c.data.root = DEFAULT_ROOTS.get(dataset, 'data')
   c.data.kwargs = mlc.ConfigDict()  # extra parser / generator arguments
+  # 'folder' parses config.data.root; 'tfds' reads the TFDS build of the
+  # dataset (docs/tfds.md) from tfds_dir ('' = $TFDS_DATA_DIR or
+  # ~/tensorflow_datasets) under tfds_name ('' = jreid_<name>).
+  c.data.source = 'folder'
+  c.data.tfds_dir = ''
+  c.data.tfds_name = ''
   if dataset == 'synthetic':
     # Declared so that --config.data.kwargs.domain=1 works from the command
     # line (a flag cannot add a key); 0 = the original set.

@@ -26,6 +26,7 @@ from absl import logging
 import numpy as np
 from PIL import Image
 
+from jreid.data import tfds_source
 from jreid.data.records import DatasetError
 
 # Bump when the decode path changes so old caches are not reused.
@@ -56,7 +57,8 @@ def decode(path: str, size: tuple[int, int]) -> np.ndarray:
     OSError / ValueError: PIL cannot read the file (callers wrap it).
   """
   h, w = size
-  with Image.open(path) as img:
+  # A tfds:// address (config.data.source='tfds') opens the stored bytes.
+  with Image.open(tfds_source.open_image(path)) as img:
     img = img.convert('RGB')  # Forces the full decode inside this `with`.
     if img.size != (w, h):
       img = img.resize((w, h), Image.BICUBIC)

@@ -43,11 +43,21 @@ def _plain(kwargs) -> dict[str, Any]:
 
 
 def _load(name: str, root: str, kwargs: Mapping[str, Any],
-          where: str) -> records.ReidDataset:
-  """Parses dataset `name` at `root`; `where` names the config for errors."""
-  load = registry.get('dataset', name)
-  root = os.path.abspath(os.path.expanduser(root))
-  dataset = load(root, **kwargs)
+          where: str, node=None) -> records.ReidDataset:
+  """Parses dataset `name` at `root`, or reads its TFDS build when
+  `node.source` is 'tfds' (node: config.data or a source); `where` names
+  the config for errors."""
+  source = node.get('source', 'folder') if node is not None else 'folder'
+  if source == 'tfds':
+    from jreid.data import tfds_source  # pylint: disable=g-import-not-at-top
+    dataset = tfds_source.load_config(name, node, kwargs, where)
+  elif source == 'folder':
+    load = registry.get('dataset', name)
+    root = os.path.abspath(os.path.expanduser(root))
+    dataset = load(root, **kwargs)
+  else:
+    raise records.DatasetError(
+        f"{where}.source is {source!r}; expected 'folder' or 'tfds'")
   for split in ('train', 'query', 'gallery'):
     if not len(getattr(dataset, split)):
       raise records.DatasetError(
@@ -60,7 +70,7 @@ def _load(name: str, root: str, kwargs: Mapping[str, Any],
 def load_dataset(config) -> records.ReidDataset:
   """Parses config.data.name at config.data.root (relative to the cwd)."""
   return _load(config.data.name, config.data.root,
-               _plain(config.data.get('kwargs')), 'config.data')
+               _plain(config.data.get('kwargs')), 'config.data', config.data)
 
 
 def load_datasets(config) -> dict[str, records.ReidDataset]:
@@ -82,12 +92,12 @@ def load_datasets(config) -> dict[str, records.ReidDataset]:
       raise records.DatasetError(
           f'{where}: the key {key!r} is already config.data.name; give the '
           'source another key')
-    if not source.get('root'):
+    if not source.get('root') and source.get('source', 'folder') == 'folder':
       raise records.DatasetError(
           f'{where}.root is not set; give the folder of dataset '
           f'{source.get("name", key)!r}')
     datasets[key] = _load(source.get('name', key), source.get('root'),
-                          _plain(source.get('kwargs')), where)
+                          _plain(source.get('kwargs')), where, source)
   return datasets
 
 
