@@ -17,17 +17,16 @@ per-camera offset hides, i.e. how camera-invariant the features are.
 
 from __future__ import annotations
 
-import json
 import os
 
 from absl import app
 from absl import flags
-import ml_collections as mlc
 import numpy as np
 import orbax.checkpoint as ocp
 
 from jreid import checkpointing
 from jreid import models
+from jreid import run_config
 from jreid import sharding
 from jreid.clustering import camera_norm
 from jreid.data import pipeline
@@ -53,8 +52,7 @@ def test_variables(workdir: str) -> dict:
 
 
 def main(_):
-  with open(os.path.join(FLAGS.workdir, 'config.json')) as f:
-    config = mlc.ConfigDict(json.load(f))
+  config = run_config.read_config(FLAGS.workdir)
   mesh = sharding.make_mesh(1)
   dataset = pipeline.load_dataset(config)
   model = models.build_model(config.model, 0)

@@ -26,6 +26,7 @@ Orbax is used in this module only. The resume ladder itself
 
 from __future__ import annotations
 
+import logging as std_logging
 import os
 import re
 import shutil
@@ -53,6 +54,17 @@ class ConfigMismatchError(ValueError):
 
 class DamagedCheckpointsError(RuntimeError):
   """Every checkpoint of the workdir failed verification or restore."""
+
+
+class _QuietUnrankedSaves(std_logging.Filter):
+  """Drops Orbax's warning for a save without metrics: with best-keeping on,
+  every save between evaluations has none, by design."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return 'did not provide metrics' not in record.getMessage()
+
+
+std_logging.getLogger('absl').addFilter(_QuietUnrankedSaves())
 
 
 def checkpoint_dir(path: str) -> str:
@@ -103,25 +115,40 @@ class Checkpointer:
     asynchronous: write in the background (the default); tests use False.
     move_damaged: move checkpoints that fail verification out of the way
       (the run's own workdir); False for another run's (`config.resume`).
+    best_metric: also keep the one checkpoint saved with the highest
+      `metrics[best_metric]` (Orbax's BestN preservation policy beside
+      LatestN(max_to_keep)); saves without metrics are never "best".
   """
 
   def __init__(self, workdir: str, *, every_steps: int,
                max_to_keep: int | None, asynchronous: bool = True,
-               move_damaged: bool = True):
+               move_damaged: bool = True, best_metric: str | None = None):
     self.directory = checkpoint_dir(workdir)
     self.every_steps = every_steps
     self.move_damaged = move_damaged
+    self.best_metric = best_metric
     self.damaged: list[tuple[int, str, str]] = []  # (step, moved to, why)
     self._pending: int | None = None
+    keep = {'max_to_keep': max_to_keep}
+    if best_metric:
+      policies = [ocp.checkpoint_managers.BestN(
+          get_metric_fn=lambda m: m[best_metric], n=1,
+          keep_checkpoints_without_metrics=False)]
+      if max_to_keep:
+        policies.append(ocp.checkpoint_managers.LatestN(n=max_to_keep))
+      # best_fn only makes Orbax write and read each save's metrics; which
+      # steps stay is the preservation policy's decision.
+      keep = {'preservation_policy':
+              ocp.checkpoint_managers.AnyPreservationPolicy(policies),
+              'best_fn': lambda m: m[best_metric], 'best_mode': 'max'}
     self._mngr = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep,
             enable_async_checkpointing=asynchronous,
             # Another run's folder is only read: nothing created or cleaned.
             cleanup_tmp_directories=move_damaged,
             create=move_damaged,
-            ))
+            **keep))
 
   def step_dir(self, step: int) -> str:
     return os.path.join(self.directory, str(step))
@@ -129,12 +156,19 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self._mngr.latest_step()
 
+  def best_step(self) -> int | None:
+    """The kept step with the highest `best_metric`, None if none has one."""
+    return _best_of(self._mngr, self.best_metric)
+
   def should_save(self, step: int) -> bool:
     return (step % self.every_steps == 0) or self._mngr.reached_preemption(step)
 
   # ----------------------------------------------------------------- saving
-  def save(self, step: int, state, meta: dict[str, Any]) -> None:
+  def save(self, step: int, state, meta: dict[str, Any],
+           metrics: dict[str, float] | None = None) -> None:
     """Starts writing `step`, after checking that the previous save worked.
+
+    `metrics` (the evaluation of this very state) rank it for best-keeping.
 
     Raises:
       CheckpointWriteError: this save or the previous one failed.
@@ -143,7 +177,7 @@ class Checkpointer:
     try:
       self._mngr.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-                      force=True)
+                      metrics=metrics, force=True)
     except Exception as e:  # pylint: disable=broad-except
       raise self._write_error(step, e) from e
     self._pending = step
@@ -291,6 +325,48 @@ class Checkpointer:
         f'Moved it to {moved} (nothing is deleted)' if moved != where
         else 'Skipped it')
     self.damaged.append((step, moved, problem))
+
+
+def _best_of(mngr, metric: str | None) -> int | None:
+  """The kept step whose saved metrics rank highest in `metric` (the newest
+  of equals, as the loop's `>=` and BestN's stable sort pick)."""
+  if not metric:
+    return None
+  best, best_value = None, None
+  for step in sorted(mngr.all_steps()):
+    try:
+      m = mngr.metrics(step)
+    except Exception:  # pylint: disable=broad-except
+      m = None  # a checkpoint without (readable) metrics is never best
+    if m and metric in m and (best_value is None or m[metric] >= best_value):
+      best, best_value = step, float(m[metric])
+  return best
+
+
+def best_step(workdir: str, metric: str | None = None) -> int | None:
+  """The step of the best checkpoint a run kept, or None if it kept none.
+
+  Args:
+    workdir: the run's workdir (or its checkpoints folder).
+    metric: the metric to rank by; default the run's
+      `config.evals.best_metric` (from its config.json, else 'mAP').
+  """
+  directory = checkpoint_dir(workdir)
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f'{directory} does not exist: give the workdir '
+                            'of a jreid run')
+  if metric is None:
+    try:
+      config = run_config.read_config(os.path.dirname(directory))
+      metric = config.evals.get('best_metric', 'mAP')
+    except FileNotFoundError:
+      metric = 'mAP'
+  mngr = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
+      create=False, cleanup_tmp_directories=False, read_only=True))
+  try:
+    return _best_of(mngr, metric)
+  finally:
+    mngr.close()
 
 
 def restore_other_run(path: str, abstract_state):

@@ -14,6 +14,16 @@ on stderr and exit status 1 (jreid.config_checks). Any other error ends
 with its traceback, then the error alone as the last line (exit status 1);
 SIGTERM/SIGINT checkpoint the current step and exit with 128 + the signal
 number (jreid.preemption); the same command resumes.
+
+Several processes (jreid.distributed): start the same command on every
+host with --coordinator=HOST:PORT --num_processes=N --process_id=I (all
+three), or let JAX detect them on Cloud TPU pods, Slurm and Open MPI:
+
+  python -m jreid.main --config=... --workdir=/shared/run \
+      --coordinator=host0:8476 --num_processes=2 --process_id=0
+
+The workdir must be one folder every process sees (checkpoints are written
+by all of them; metrics and results by process 0).
 """
 
 from __future__ import annotations
@@ -24,16 +34,25 @@ from typing import NoReturn
 from absl import app
 from absl import flags
 from absl import logging
-from ml_collections import config_flags
 
 from jreid import config_checks
+from jreid import distributed
 from jreid import preemption
 from jreid import train
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Config file (optionally FILE.py:arg).', lock_config=True)
+# config_checks' flag: ml_collections' own, whose overrides may also add a
+# dataset parser keyword (--config.data.kwargs.num_cams=8).
+_CONFIG = config_checks.DEFINE_config_file(
+    'config', None, 'Config file (optionally FILE.py:arg).')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (resumed if '
                                'it holds checkpoints).')
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator', None, 'Multi-process runs: HOST:PORT of process 0 '
+    '(with --num_processes and --process_id; default $JREID_COORDINATOR).')
+_NUM_PROCESSES = flags.DEFINE_integer(
+    'num_processes', None, 'Multi-process runs: how many processes.')
+_PROCESS_ID = flags.DEFINE_integer(
+    'process_id', None, 'Multi-process runs: this process, 0 .. N-1.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -61,6 +80,11 @@ def _parse_flags(argv: list[str]) -> list[str]:
       _fail('; '.join(unknown))
   rest = app.parse_flags_with_usage(argv)
   try:
+    distributed.explicit_values(_COORDINATOR.value, _NUM_PROCESSES.value,
+                                _PROCESS_ID.value)
+  except ValueError as e:
+    _fail(str(e))
+  try:
     config_checks.validate(_CONFIG.value)
   except ValueError as e:
     _fail(str(e))
@@ -75,6 +99,8 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.get_absl_handler().use_absl_log_file = False
   try:
+    distributed.maybe_initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
+                                 _PROCESS_ID.value)
     summary = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except preemption.StoppedBySignal as e:
     logging.flush()

@@ -23,6 +23,8 @@ from typing import Any
 
 import jax
 
+from jreid import provenance
+
 # Dotted field names (or prefixes ending in '.') a resume may change.
 # optim.lr: the fix the NaN guard asks for ("lower config.optim.lr, then
 # re-run the same command to resume") must be accepted.
@@ -30,7 +32,8 @@ SAFE = ('evals.', 'log_every_steps', 'checkpoint_every_steps',
         'keep_checkpoints', 'stop_after_step', 'mesh.', 'resume', 'init',
         'init_keys', 'model.pretrained', 'data.cache_dir', 'data.in_memory',
         'data.num_workers', 'optim.lr')
-_SAFE_SUFFIXES = ('.root',)  # a dataset folder that moved
+# Data that moved (.root, .tfds_dir); a warning (.kwargs.check_sizes).
+_SAFE_SUFFIXES = ('.root', '.tfds_dir', '.kwargs.check_sizes')
 
 
 def _flatten(tree: Any, prefix: str = '') -> dict[str, Any]:
@@ -95,13 +98,39 @@ def mismatch_message(step_dir: str, changed: list[str]) -> str:
 
 
 def write_config(workdir: str, config, resumed_at: int | None) -> str:
-  """config.json for a fresh run, config.resumed_at_<step>.json on resume."""
+  """config.json for a fresh run, config.resumed_at_<step>.json on resume.
+
+  The file is the config's fields plus one more key, "provenance" (git
+  commit, packages, devices, batch, BN group: provenance.py); `read_config`
+  gives back the config alone.
+  """
   name = ('config.json' if resumed_at is None
           else f'config.resumed_at_{resumed_at}.json')
   path = os.path.join(workdir, name)
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
+    d = json.loads(config.to_json_best_effort())
+    d[provenance.KEY] = provenance.record(config)
     with open(path + '.tmp', 'w') as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+      json.dump(d, f, indent=2, sort_keys=True)
     os.replace(path + '.tmp', path)
   return path
+
+
+def read_config(workdir: str):
+  """The ConfigDict a run was started with (its config.json, without the
+  provenance record).
+
+  Raises:
+    FileNotFoundError: `workdir` holds no config.json (not a jreid workdir).
+  """
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+        f'{path} not found: give the workdir of a jreid run (the folder '
+        'passed as --workdir, holding config.json and checkpoints/)')
+  with open(path) as f:
+    d = json.load(f)
+  d.pop(provenance.KEY, None)
+  return ml_collections.ConfigDict(d)

@@ -9,32 +9,12 @@ one GPU and a TPU slice; only the mesh changes.
 
 from __future__ import annotations
 
-import os
-
-from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
 DATA = 'data'
-
-
-def maybe_initialize_distributed() -> None:
-  """Calls jax.distributed.initialize() for multi-process runs only.
-
-  Cloud TPU pods, Slurm and Open MPI are auto-detected by JAX; a launcher can
-  force it with JREID_DISTRIBUTED=1. Single-process runs (Colab, one GPU box,
-  tests) skip it, as JAX recommends.
-  """
-  env = os.environ
-  wanted = env.get('JREID_DISTRIBUTED') == '1' or any(
-      k in env for k in ('SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE',
-                         'MEGASCALE_NUM_SLICES', 'TPU_WORKER_HOSTNAMES'))
-  if wanted and not jax.distributed.is_initialized():
-    jax.distributed.initialize()
-    logging.info('jax.distributed initialised: process %d of %d',
-                 jax.process_index(), jax.process_count())
 
 
 def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:

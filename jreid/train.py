@@ -28,6 +28,7 @@ import signal
 import time
 from typing import Any
 
+from absl import flags
 from absl import logging
 import jax
 import jax.numpy as jnp
@@ -35,8 +36,10 @@ import jax.numpy as jnp
 from jreid import checkpoint_init
 from jreid import checkpointing
 from jreid import config_checks
+from jreid import distributed
 from jreid import metrics_io
 from jreid import preemption
+from jreid import provenance
 from jreid import registry
 from jreid import run_config
 from jreid import sharding
@@ -90,6 +93,21 @@ def _init_state(config, method, mesh, num_train):
   return state, abstract, shardings
 
 
+RANDOM_INIT_WARNING = (
+    '\n' + '!' * 78 + '\n'
+    '!! {name} starts from RANDOM weights: config.model.pretrained is empty.\n'
+    '!! The paper recipes (and the numbers in the config docstrings) start\n'
+    '!! from ImageNet; this run will not reach them. Give the weights with\n'
+    '!! --config.model.pretrained=/path/resnet50.safetensors (README:\n'
+    '!! "Running on real data"), or --config.init=<a workdir>.\n' + '!' * 78)
+
+
+def _paper_network(config) -> bool:
+  """A full-size ResNet-50 (the papers' network; not the CPU presets')."""
+  return (str(config.model.get('name', '')).startswith('resnet50')
+          and int(config.model.get('width', 64)) == 64)
+
+
 def _restore_or_init(config, method, state, abstract, shardings, ckpt):
   """The resume ladder: workdir -> config.resume -> config.init -> pretrained
   -> scratch. Every path but a resume ends in `method.after_load`."""
@@ -110,6 +128,8 @@ def _restore_or_init(config, method, state, abstract, shardings, ckpt):
                  if keys else 'params and batch stats', config.init)
   elif config.model.get('pretrained', ''):
     variables = method.load_pretrained(variables, config.model.pretrained)
+  elif _paper_network(config):
+    logging.warning('%s', RANDOM_INIT_WARNING.format(name=config.model.name))
   put = lambda tree, sh: jax.tree.map(jax.device_put, tree, sh)
   state = state.replace(params=put(variables['params'], shardings.params),
                         batch_stats=put(variables['batch_stats'],
@@ -144,6 +164,19 @@ def _setup(config):
   return mesh, data, method, refresh_extractor, evaluators
 
 
+def _show_progress_outside_absl_app(flags_parsed: bool | None = None) -> None:
+  """Progress lines (INFO) show in notebooks and launchers too.
+
+  Outside `absl.app` (flags unparsed) absl logs only warnings, so a Colab
+  cell calling train_and_evaluate would print nothing until the end. Under
+  absl.app (flags parsed) --verbosity decides, as usual.
+  """
+  if flags_parsed is None:
+    flags_parsed = flags.FLAGS.is_parsed()
+  if not flags_parsed and logging.get_verbosity() < logging.INFO:
+    logging.set_verbosity(logging.INFO)
+
+
 def _eval_due(config, epoch: int) -> bool:
   return (epoch + 1 == config.num_epochs
           or (epoch + 1) % config.evals.every_epochs == 0)
@@ -167,8 +200,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     FloatingPointError: a non-finite loss or parameter.
   """
   # -------------------------------------------------------------- 1. set-up
+  _show_progress_outside_absl_app()
   config_checks.validate(config)
-  sharding.maybe_initialize_distributed()
+  distributed.maybe_initialize()
   workdir = os.path.abspath(os.path.expanduser(workdir))
   mesh, data, method, refresh_extractor, evaluators = _setup(config)
   train = data.split
@@ -182,7 +216,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   state, abstract, shardings = _init_state(config, method, mesh, len(train))
   ckpt = checkpointing.Checkpointer(
       workdir, every_steps=config.checkpoint_every_steps,
-      max_to_keep=config.keep_checkpoints)
+      max_to_keep=config.keep_checkpoints, best_metric=best_metric)
   try:
     state = _restore_or_init(config, method, state, abstract, shardings, ckpt)
     start_step = int(state.step)
@@ -212,6 +246,15 @@ def _train(config, workdir, method, data, mesh, refresh_extractor, evaluators,
                                            method.eval_variables(state))
   guard = train_step.Guard(ckpt, resumed_from)
 
+  def save(state, step, epoch, metrics=None):
+    if not sharding.tree_is_finite(state.params):
+      raise guard.error('a parameter', step, epoch)
+    ckpt.save(step, state, {'epoch': epoch, 'step': step,
+                            'steps_per_epoch': spe,
+                            'config': run_config.fingerprint(config)},
+              metrics=metrics)
+    guard.saved = True
+
   # ------------------------------------------------------------- 4. the loop
   writer = metrics_io.MetricWriter(workdir)
   progress = metrics_io.Progress(total_steps, config.sampler.batch_size)
@@ -232,7 +275,8 @@ def _train(config, workdir, method, data, mesh, refresh_extractor, evaluators,
                                                 best_metric)
     done_epoch = start_step // spe - 1
     if (start_step % spe == 0 and _eval_due(config, done_epoch)
-        and not metrics_io.evaluated_at(writer.path, start_step)):
+        and not distributed.agree(
+            metrics_io.evaluated_at(writer.path, start_step))):
       # Stopped after the epoch's checkpoint but before its evaluation.
       logging.info('evaluating epoch %d, which the interrupted run had not',
                    done_epoch)
@@ -280,13 +324,13 @@ def _train(config, workdir, method, data, mesh, refresh_extractor, evaluators,
         logging.info('%s', progress.line(step, epoch, metrics))
       stop = step == config.get('stop_after_step', 0)
       signalled = stopper.requested()
-      if ckpt.should_save(step) or step == total_steps or stop or signalled:
-        if not sharding.tree_is_finite(state.params):
-          raise guard.error('a parameter', step, epoch)
-        ckpt.save(step, state, {'epoch': epoch, 'step': step,
-                                'steps_per_epoch': spe,
-                                'config': run_config.fingerprint(config)})
-        guard.saved = True
+      # An epoch end with an evaluation is saved after it, with its metrics,
+      # so the best checkpoint can be kept (Checkpointer's BestN).
+      save_after_eval = b + 1 == spe and _eval_due(config, epoch)
+      if stop or signalled or (
+          not save_after_eval
+          and (ckpt.should_save(step) or step == total_steps)):
+        save(state, step, epoch)
       if stop or signalled:
         ckpt.close()
         writer.close()
@@ -308,6 +352,8 @@ def _train(config, workdir, method, data, mesh, refresh_extractor, evaluators,
       logging.info('epoch %d test: %s', epoch, evaluator_lib.format(results))
       if results[best_metric] >= best.get(best_metric, -1.0):
         best = dict(results, epoch=epoch)
+      save(state, (epoch + 1) * spe, epoch,
+           {best_metric: results[best_metric]})
   writer.close()
   if not results:  # resumed a finished run: evaluate the final state
     results = evaluate()
@@ -318,6 +364,7 @@ def _train(config, workdir, method, data, mesh, refresh_extractor, evaluators,
   summary.update(steps=int(state.step), epochs=config.num_epochs,
                  train_seconds=time.time() - t_start,
                  train_step_traces=step_fn.traces)
+  summary[provenance.KEY] = provenance.record(config)
   # Results first: a final save that fails (a full disk) must not lose them.
   metrics_io.write_json(os.path.join(workdir, 'results.json'), summary)
   ckpt.close()

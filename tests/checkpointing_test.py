@@ -223,3 +223,43 @@ def test_another_runs_damaged_checkpoint_is_skipped_and_left_in_place(
   np.testing.assert_array_equal(state['w'], _state(1)['w'])
   assert os.path.isdir(ckpt.step_dir(2))
   assert not os.path.exists(os.path.join(workdir, 'damaged_checkpoints'))
+
+
+# ------------------------------------------------------- best-checkpoint keeping
+def test_best_checkpoint_is_kept_beside_the_newest(tmp_path):
+  ckpt = checkpointing.Checkpointer(tmp_path, every_steps=1, max_to_keep=2,
+                                    asynchronous=False, best_metric='mAP')
+  meta = {'config': run_config.fingerprint(_config())}
+  # Step 2 is the best; 3 ties with 1 (lower than 2); 4 and 5 carry none.
+  for step, m in [(1, 0.3), (2, 0.6), (3, 0.3), (4, None), (5, None)]:
+    ckpt.save(step, _state(step), dict(meta, step=step),
+              metrics=None if m is None else {'mAP': m})
+  ckpt.close()
+  kept = sorted(int(d) for d in os.listdir(tmp_path / 'checkpoints')
+                if d.isdigit())
+  assert kept == [2, 4, 5]
+  assert checkpointing.best_step(str(tmp_path), 'mAP') == 2
+  # The best checkpoint restores to its own state, checksums included.
+  assert not integrity.verify(str(tmp_path / 'checkpoints' / '2'))
+  other = checkpointing.Checkpointer(tmp_path, every_steps=1, max_to_keep=2)
+  try:
+    state, meta2 = other.restore(2, jax.eval_shape(lambda: _state(0)))
+  finally:
+    other.close()
+  np.testing.assert_array_equal(state['w'], _state(2)['w'])
+  assert meta2['step'] == 2
+
+
+def test_best_of_equals_is_the_newest_and_none_without_metrics(tmp_path):
+  ckpt = checkpointing.Checkpointer(tmp_path / 'a', every_steps=1,
+                                    max_to_keep=1, asynchronous=False,
+                                    best_metric='target/mAP')
+  for step in (1, 2, 3):
+    ckpt.save(step, _state(step), {'step': step},
+              metrics={'target/mAP': 0.5})
+  assert ckpt.best_step() == 3
+  ckpt.close()
+  _save(tmp_path / 'b', [1, 2])
+  assert checkpointing.best_step(str(tmp_path / 'b')) is None
+  with pytest.raises(FileNotFoundError, match='workdir of a jreid run'):
+    checkpointing.best_step(str(tmp_path / 'nowhere'))

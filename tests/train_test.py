@@ -120,11 +120,13 @@ def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(
 
   monkeypatch.setattr(supervised.Supervised, 'loss', poisoned)
   workdir = str(tmp_path / 'nan')
-  with pytest.raises(FloatingPointError, match=r'step 4 .*checkpoint, step 2, is kept'):
+  # Saved: step 2 (every 2 steps) and step 3, the end of epoch 0, after its
+  # evaluation; step 4 is the first poisoned one.
+  with pytest.raises(FloatingPointError, match=r'step 4 .*checkpoint, step 3, is kept'):
     train.train_and_evaluate(tiny_config(data_root), workdir)
   steps = sorted(int(d) for d in os.listdir(workdir + '/checkpoints')
                  if d.isdigit())
-  assert steps == [2]
+  assert steps == [2, 3]
 
 
 def test_grain_path_gives_the_same_losses_as_device_table(data_root, tmp_path):
@@ -138,3 +140,92 @@ def test_grain_path_gives_the_same_losses_as_device_table(data_root, tmp_path):
     assert summary['train_step_traces'] == 1
     curves.append(_losses(workdir))
   np.testing.assert_allclose(curves[0], curves[1], rtol=1e-6)
+
+
+def test_best_checkpoint_kept_and_provenance_recorded(data_root, tmp_path,
+                                                      monkeypatch):
+  """Scripted evaluations (0.2, 0.9, 0.5): with one newest checkpoint kept,
+  the epoch-1 state survives as the best, restores to that epoch's weights,
+  and config.json / results.json say what made the run."""
+  from jreid import checkpointing  # pylint: disable=g-import-not-at-top
+  from jreid import run_config  # pylint: disable=g-import-not-at-top
+  from jreid.evaluation import evaluator as evaluator_lib  # pylint: disable=g-import-not-at-top
+  scripted = iter([0.2, 0.9, 0.5])
+  real = evaluator_lib.run_all
+  params_at = []
+
+  def fake_run_all(evaluators, variables):
+    params_at.append(jax.device_get(variables['params']))
+    results = real(evaluators, variables)
+    return dict(results, mAP=next(scripted))
+
+  monkeypatch.setattr(evaluator_lib, 'run_all', fake_run_all)
+  workdir = str(tmp_path / 'run')
+  config = tiny_config(data_root, num_epochs=3, keep_checkpoints=1,
+                       checkpoint_every_steps=100)
+  config.evals.every_epochs = 1
+  summary = train.train_and_evaluate(config, workdir)
+  assert summary['best_mAP'] == 0.9 and summary['best_epoch'] == 1
+  kept = sorted(int(d) for d in os.listdir(os.path.join(workdir, 'checkpoints'))
+                if d.isdigit())
+  assert kept == [6, 9]  # the best (end of epoch 1) and the newest
+  assert checkpointing.best_step(workdir) == 6
+  best = checkpointing.Checkpointer(workdir, every_steps=1, max_to_keep=None)
+  try:
+    meta = best._meta(6)  # pylint: disable=protected-access
+  finally:
+    best.close()
+  assert meta['epoch'] == 1
+  # The epoch-1 evaluation saw the same params the best checkpoint holds
+  # (tiny ResNet params are not all equal across epochs).
+  from jreid import checkpoint_init  # pylint: disable=g-import-not-at-top
+  mngr_params = checkpoint_init.load_init_variables(workdir)['params']
+  assert not all(jax.tree.leaves(jax.tree.map(
+      lambda a, b: np.array_equal(a, b), mngr_params, params_at[1])))
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  with ocp.CheckpointManager(os.path.join(workdir, 'checkpoints')) as mngr:
+    restored = mngr.restore(6, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore()))['state']
+  for a, b in zip(jax.tree.leaves(restored['params']),
+                  jax.tree.leaves(params_at[1])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+  for name in ('config.json', 'results.json'):
+    with open(os.path.join(workdir, name)) as f:
+      prov = json.load(f)['provenance']
+    assert prov['global_batch'] == 16
+    assert prov['bn_group_size'] == 16 and prov['bn_groups_per_batch'] == 1
+    assert prov['device_count'] == jax.device_count()
+    assert prov['device_kind'] == jax.devices()[0].device_kind
+    assert prov['packages']['jax'] == jax.__version__
+    assert prov['git'] is None or len(prov['git']['commit']) == 40
+  assert run_config.read_config(workdir).sampler.batch_size == 16
+  with pytest.raises(FileNotFoundError, match='workdir of a jreid run'):
+    run_config.read_config(str(tmp_path / 'nowhere'))
+
+
+def test_paper_presets_without_weights_are_flagged():
+  """The full-size presets warn when they would train from random weights;
+  the CPU presets (synthetic, runlocal) do not."""
+  from jreid_configs import abmt, supervised as sup  # pylint: disable=g-import-not-at-top
+  assert train._paper_network(sup.get_config('dataset=market1501'))  # pylint: disable=protected-access
+  assert train._paper_network(abmt.get_config(  # pylint: disable=protected-access
+      'dataset=dukemtmc,source=market1501,stage=1'))
+  assert not train._paper_network(sup.get_config('dataset=synthetic'))  # pylint: disable=protected-access
+  assert not train._paper_network(sup.get_config('dataset=market1501,runlocal'))  # pylint: disable=protected-access
+  text = train.RANDOM_INIT_WARNING.format(name='resnet50')
+  assert 'resnet50 starts from RANDOM weights' in text
+  assert '--config.model.pretrained=' in text
+
+
+def test_progress_is_visible_outside_absl_app():
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  old = logging.get_verbosity()
+  try:
+    logging.set_verbosity(logging.WARNING)
+    train._show_progress_outside_absl_app(flags_parsed=True)  # pylint: disable=protected-access
+    assert logging.get_verbosity() == logging.WARNING  # --verbosity decides
+    train._show_progress_outside_absl_app(flags_parsed=False)  # pylint: disable=protected-access
+    assert logging.get_verbosity() == logging.INFO
+  finally:
+    logging.set_verbosity(old)

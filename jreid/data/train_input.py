@@ -15,6 +15,12 @@ Host batches: `epoch(...)` adds 'row' to the method's batches, and
 `device_batch(b)` puts batch b on the mesh: 'index' and 'row' replicated
 (every device gathers from its own table shard), the per-example fields
 batch-sharded.
+
+Several processes: each decodes the whole train set and computes every
+epoch's batches itself (same files, seed and labels); the global arrays are
+assembled from those copies (`sharding.put_global`), so the images and each
+epoch's batches are checked to agree across processes
+(`distributed.check_same`, one all-gathered checksum).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from jreid import distributed
 from jreid import sharding
 from jreid.data import pipeline
 from jreid.data import records
@@ -56,11 +63,14 @@ class TrainInput:
     if self.in_memory:
       images, self.rows, self.split = pipeline.load_unique_images(
           config, split, 'train')
+      distributed.check_same('the decoded train images',
+                             (images, self.rows, self.split.paths))
       self.images = pipeline.DeviceTable(images, mesh)
       del images  # the host copy goes as soon as the table is on the device
     else:
       # Nothing is decoded here; a corrupt file fails when it is streamed.
       self.split, self.rows, self.images = split, np.arange(len(split)), None
+      distributed.check_same('the train image paths', self.split.paths)
       from jreid.data import grain_source  # pylint: disable=g-import-not-at-top
       self._grain = grain_source
       self.source = grain_source.ImageSource(split, self.size)
@@ -70,6 +80,7 @@ class TrainInput:
   def add_tables(self, tables: dict[str, np.ndarray]) -> None:
     """Puts the method's per-record (N, ...) tables on the devices."""
     if tables:
+      distributed.check_same('the method\'s extra tables', dict(tables))
       self.extra = pipeline.DeviceTable(dict(tables), self.mesh)
 
   # ----------------------------------------------------------------- refresh
@@ -106,6 +117,7 @@ class TrainInput:
     batches = dict(batches)
     batches['row'] = np.where(index >= 0, self.rows[np.maximum(index, 0)],
                               -1).astype(np.int32)
+    distributed.check_same('the sampler\'s batches of this epoch', batches)
     self._batches = batches
     self._stream = None
     if not self.in_memory:

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jreid import memory
+from jreid import sharding
 from jreid.data import augment
 from jreid.losses import camera
 from jreid.losses import contrastive
@@ -53,7 +54,7 @@ class CAP(clustering_base.ClusteringMethod):
   def sampler_labels(self, state):
     """Class-uniform sampling over proxies (cluster x camera), outliers out."""
     proxy = state.extra['memory']['sample_proxy']
-    return np.asarray(jax.device_get(proxy)), self.train.camids
+    return sharding.to_host(proxy), self.train.camids
 
   def loss(self, params, state, images, batch, key):
     m = self.config.method

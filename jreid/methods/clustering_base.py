@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jreid import clustering
+from jreid import distributed
 from jreid import memory
 from jreid import models
 from jreid import sharding
@@ -170,6 +171,9 @@ class ClusteringMethod(base.Method):
           f'{self.capacity}; set config.method.memory_capacity higher')
     else:
       bank = self.build_memory(features, labels, self.train.camids)
+      # The labels are process 0's; the bank is built from them and the
+      # all-gathered features on every process, so it must agree too.
+      distributed.check_same('the memory bank', bank)
       problem = self._sampler_problem(self.sampler_labels_from(labels, bank))
     if problem:
       return self._keep_previous(state, epoch, info, problem, len(labels))
@@ -269,7 +273,7 @@ class MeanTeacherMethod(ClusteringMethod):
     state, info = super().refresh(ctx, state, epoch)
     if info.get('refresh_failed'):
       return state, info
-    bank = jax.device_get(state.extra['memory'])
+    bank = jax.tree.map(sharding.to_host, state.extra['memory'])
     params = self.with_epoch_classifiers(state.params, bank)
     extra = dict(state.extra)
     extra['ema'] = dict(extra['ema'])
