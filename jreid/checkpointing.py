@@ -67,6 +67,21 @@ class _QuietUnrankedSaves(std_logging.Filter):
 std_logging.getLogger('absl').addFilter(_QuietUnrankedSaves())
 
 
+class _QuietOrbaxInfo(std_logging.Filter):
+  """Drops Orbax's INFO records (dozens per save and restore: handler
+  registries, throughput, thread joins), which bury the progress lines in
+  terminals and notebooks; its warnings and errors pass, and --verbosity=1
+  shows everything."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return (record.levelno >= std_logging.WARNING
+            or f'{os.sep}orbax{os.sep}' not in record.pathname
+            or logging.get_verbosity() >= logging.DEBUG)
+
+
+std_logging.getLogger('absl').addFilter(_QuietOrbaxInfo())
+
+
 def checkpoint_dir(path: str) -> str:
   """A workdir or its checkpoints folder -> the checkpoints folder."""
   path = os.path.abspath(os.path.expanduser(path))

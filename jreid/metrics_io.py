@@ -2,9 +2,10 @@
 
 `metrics.jsonl` in the workdir gets one object per write ({'step': ..,
 name: value}), parseable by launchers and notebooks without TensorBoard.
-TensorBoard event files are written too when a writer is importable
-(tensorboardX, or TensorFlow's tf.summary); neither is required. Only process
-0 writes.
+The same scalars go to TensorBoard event files in `<workdir>/tensorboard/`
+when the pure-Python `tensorboard` package is installed
+(`pip install 'jreid[tensorboard]'`, no TensorFlow; `jreid/tensorboard.py`);
+without it one log line at start says so. Only process 0 writes.
 """
 
 from __future__ import annotations
@@ -18,55 +19,40 @@ from absl import logging
 import jax
 import numpy as np
 
+from jreid import tensorboard as tensorboard_lib
+
 
 def _scalar(v: Any):
   v = np.asarray(v)
   return v.item() if v.size == 1 else v.tolist()
 
 
-def _tensorboard_writer(logdir: str):
-  try:
-    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-    return SummaryWriter(logdir)
-  except ImportError:
-    pass
-  try:
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    tf.config.set_visible_devices([], 'GPU')  # TF must not grab accelerators.
-    return _TFWriter(tf, logdir)
-  except ImportError:
-    return None
-
-
-class _TFWriter:
-
-  def __init__(self, tf, logdir):
-    self._tf, self._w = tf, tf.summary.create_file_writer(logdir)
-
-  def add_scalar(self, name, value, step):
-    with self._w.as_default():
-      self._tf.summary.scalar(name, value, step=step)
-
-  def flush(self):
-    self._w.flush()
-
-  def close(self):
-    self._w.close()
-
-
 class MetricWriter:
-  """Appends metrics to `workdir/metrics.jsonl` (+ TensorBoard if available)."""
+  """Appends metrics to `workdir/metrics.jsonl` (+ TensorBoard if installed).
 
-  def __init__(self, workdir: str, tensorboard: bool = True):
+  Args:
+    workdir: the run's folder.
+    tensorboard: also write `workdir/tensorboard/` event files when the
+      `tensorboard` package imports (else log once how to install it).
+    purge_step: for a resumed run, the first step it redoes: TensorBoard then
+      hides what earlier attempts logged at steps >= purge_step (the rows
+      `truncate_after` drops from metrics.jsonl).
+  """
+
+  def __init__(self, workdir: str, tensorboard: bool = True,
+               purge_step: int | None = None):
     self.active = jax.process_index() == 0
     self.path = os.path.join(workdir, 'metrics.jsonl')
     self._tb = None
     if self.active:
       os.makedirs(workdir, exist_ok=True)
       if tensorboard:
-        self._tb = _tensorboard_writer(os.path.join(workdir, 'tensorboard'))
+        self._tb = tensorboard_lib.open_writer(
+            os.path.join(workdir, 'tensorboard'), purge_step=purge_step)
 
   def write(self, step: int, metrics: Mapping[str, Any]) -> None:
+    """One metrics.jsonl row; its numeric scalars also go to TensorBoard
+    (lists such as a cluster-size histogram stay in the JSON only)."""
     if not self.active or not metrics:
       return
     row = {'step': int(step)}
@@ -74,13 +60,18 @@ class MetricWriter:
     with open(self.path, 'a') as f:
       f.write(json.dumps(row) + '\n')
     if self._tb is not None:
-      for k, v in row.items():
-        if k != 'step' and isinstance(v, (int, float)):
-          self._tb.add_scalar(k, v, int(step))
+      self._tb.scalars(int(step), {
+          k: v for k, v in row.items()
+          if k != 'step' and isinstance(v, (int, float))})
+
+  def image(self, tag: str, step: int, image: Any) -> None:
+    """A uint8 (H, W, 3) image (rank list, t-SNE plot) to TensorBoard at
+    `step`; nothing without a TensorBoard writer or off process 0."""
+    if self.active and self._tb is not None:
+      self._tb.image(tag, int(step), image)
 
   def close(self) -> None:
     if self._tb is not None:
-      self._tb.flush()
       self._tb.close()
 
 

@@ -256,7 +256,11 @@ def _train(config, workdir, method, data, mesh, refresh_extractor, evaluators,
     guard.saved = True
 
   # ------------------------------------------------------------- 4. the loop
-  writer = metrics_io.MetricWriter(workdir)
+  # TensorBoard hides what earlier attempts logged at steps this run redoes
+  # (everything, for a run that starts afresh), as truncate_after and
+  # set_aside do for metrics.jsonl.
+  writer = metrics_io.MetricWriter(
+      workdir, purge_step=start_step + 1 if start_step else 0)
   progress = metrics_io.Progress(total_steps, config.sampler.batch_size)
   logging.info('training %s: %d epochs x %d steps, batch %d, from step %d',
                config.method.name, config.num_epochs, spe,
