@@ -78,7 +78,10 @@ def _parse_flags(argv: list[str]) -> list[str]:
     unknown = config_checks.unknown_overrides(config, expanded)
     if unknown:
       _fail('; '.join(unknown))
-  rest = app.parse_flags_with_usage(argv)
+  try:
+    rest = flags.FLAGS(argv)
+  except flags.Error as e:  # a malformed value: one line, as the rest
+    _fail(str(e))
   try:
     distributed.explicit_values(_COORDINATOR.value, _NUM_PROCESSES.value,
                                 _PROCESS_ID.value)

@@ -32,6 +32,8 @@ SUPERVISED = '--config=jreid_configs/supervised.py'
      ['config.data.image_size must be a pair of positive ints', 'got (64,)']),
     (['--config=jreid_configs/nowhere.py'],
      ['jreid_configs/nowhere.py', 'No such file']),
+    ([SUPERVISED, '--config.optim.lr=oops'],
+     ['--config.optim.lr=oops', "could not convert string to float: 'oops'"]),
 ])
 def test_config_mistake_is_one_line_and_a_failure(tmp_path, args, words):
   code, last = _run(tmp_path, *args)
