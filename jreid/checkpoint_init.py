@@ -10,7 +10,6 @@ matches that regex (e.g. a backbone without its classifier).
 from __future__ import annotations
 
 import difflib
-import os
 import re
 from typing import Any
 
@@ -18,6 +17,7 @@ import jax
 import numpy as np
 
 from jreid import checkpointing
+from jreid import paths
 
 _SHOWN = 5  # paths listed per error category.
 
@@ -47,7 +47,7 @@ def load_init_variables(path: str, keys: str = '') -> dict[str, Any]:
   """
   directory = checkpointing.checkpoint_dir(path)
   found = None
-  if os.path.isdir(directory):
+  if paths.isdir(directory):
     # Verified like a resume: a damaged newest checkpoint is skipped (and
     # left where it is: it belongs to the other run).
     other = checkpointing.Checkpointer(directory, every_steps=1,

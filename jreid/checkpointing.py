@@ -20,6 +20,10 @@ What protects a run (each has a test in tests/checkpointing_test.py):
   * A checkpoint written with another config is never restored: the fields
     that differ are listed (ConfigMismatchError).
 
+The workdir may be a URL (gs://bucket/run): it is kept as one (paths.py),
+Orbax writes there directly, and moving a damaged checkpoint aside is then
+a copy of its objects and a delete, not an atomic rename.
+
 Orbax is used in this module only. The resume ladder itself
 (workdir, config.resume, config.init, pretrained, scratch) is in train.py.
 """
@@ -29,7 +33,6 @@ from __future__ import annotations
 import logging as std_logging
 import os
 import re
-import shutil
 from typing import Any
 
 from absl import logging
@@ -38,6 +41,7 @@ from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
 from jreid import checkpoint_integrity as integrity
+from jreid import paths
 from jreid import run_config
 
 SUBDIR = 'checkpoints'
@@ -83,11 +87,14 @@ std_logging.getLogger('absl').addFilter(_QuietOrbaxInfo())
 
 
 def checkpoint_dir(path: str) -> str:
-  """A workdir or its checkpoints folder -> the checkpoints folder."""
-  path = os.path.abspath(os.path.expanduser(path))
-  if os.path.basename(path.rstrip('/')) == SUBDIR:
+  """A workdir or its checkpoints folder -> the checkpoints folder.
+
+  Local paths are made absolute; a URL (gs://bucket/run) is kept as it is.
+  """
+  path = paths.absolute(path)
+  if paths.basename(path.rstrip('/')) == SUBDIR:
     return path
-  return os.path.join(path, SUBDIR)
+  return paths.join(path, SUBDIR)
 
 
 def abstract_with_shardings(abstract_state, shardings):
@@ -166,7 +173,7 @@ class Checkpointer:
             **keep))
 
   def step_dir(self, step: int) -> str:
-    return os.path.join(self.directory, str(step))
+    return paths.join(self.directory, str(step))
 
   def latest_step(self) -> int | None:
     return self._mngr.latest_step()
@@ -322,15 +329,15 @@ class Checkpointer:
   def _set_aside(self, step: int, problem: str) -> None:
     where, moved = self.step_dir(step), self.step_dir(step)
     if self.move_damaged:
-      moved = os.path.join(os.path.dirname(self.directory), DAMAGED_SUBDIR,
-                           str(step))
+      moved = paths.join(paths.dirname(self.directory), DAMAGED_SUBDIR,
+                         str(step))
       if jax.process_index() == 0:
         suffix = 0
-        while os.path.exists(moved):
+        while paths.exists(moved):
           suffix += 1
-          moved = os.path.join(os.path.dirname(moved), f'{step}.{suffix}')
-        os.makedirs(os.path.dirname(moved), exist_ok=True)
-        shutil.move(where, moved)
+          moved = paths.join(paths.dirname(moved), f'{step}.{suffix}')
+        paths.makedirs(paths.dirname(moved))
+        paths.move(where, moved)  # on gs://: a copy, then a delete
       if jax.process_count() > 1:
         multihost_utils.sync_global_devices('jreid_damaged_checkpoint')
       self._mngr.reload()
@@ -367,12 +374,12 @@ def best_step(workdir: str, metric: str | None = None) -> int | None:
       `config.evals.best_metric` (from its config.json, else 'mAP').
   """
   directory = checkpoint_dir(workdir)
-  if not os.path.isdir(directory):
+  if not paths.isdir(directory):
     raise FileNotFoundError(f'{directory} does not exist: give the workdir '
                             'of a jreid run')
   if metric is None:
     try:
-      config = run_config.read_config(os.path.dirname(directory))
+      config = run_config.read_config(paths.dirname(directory))
       metric = config.evals.get('best_metric', 'mAP')
     except FileNotFoundError:
       metric = 'mAP'
@@ -387,7 +394,7 @@ def best_step(workdir: str, metric: str | None = None) -> int | None:
 def restore_other_run(path: str, abstract_state):
   """Full state of the newest good checkpoint of another run (config.resume)."""
   directory = checkpoint_dir(path)
-  if not os.path.isdir(directory):
+  if not paths.isdir(directory):
     raise FileNotFoundError(
         f'config.resume={path!r}: no checkpoints folder at {directory}; give '
         'the workdir of the run to resume')

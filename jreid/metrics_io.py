@@ -11,7 +11,6 @@ without it one log line at start says so. Only process 0 writes.
 from __future__ import annotations
 
 import json
-import os
 import time
 from typing import Any, Mapping
 
@@ -19,6 +18,7 @@ from absl import logging
 import jax
 import numpy as np
 
+from jreid import paths
 from jreid import tensorboard as tensorboard_lib
 
 
@@ -29,6 +29,9 @@ def _scalar(v: Any):
 
 class MetricWriter:
   """Appends metrics to `workdir/metrics.jsonl` (+ TensorBoard if installed).
+
+  `workdir` may be a URL (gs://bucket/run): objects cannot be appended to,
+  so there each write rewrites metrics.jsonl whole (`paths.append_text`).
 
   Args:
     workdir: the run's folder.
@@ -42,13 +45,13 @@ class MetricWriter:
   def __init__(self, workdir: str, tensorboard: bool = True,
                purge_step: int | None = None):
     self.active = jax.process_index() == 0
-    self.path = os.path.join(workdir, 'metrics.jsonl')
+    self.path = paths.join(workdir, 'metrics.jsonl')
     self._tb = None
     if self.active:
-      os.makedirs(workdir, exist_ok=True)
+      paths.makedirs(workdir)
       if tensorboard:
         self._tb = tensorboard_lib.open_writer(
-            os.path.join(workdir, 'tensorboard'), purge_step=purge_step)
+            paths.join(workdir, 'tensorboard'), purge_step=purge_step)
 
   def write(self, step: int, metrics: Mapping[str, Any]) -> None:
     """One metrics.jsonl row; its numeric scalars also go to TensorBoard
@@ -57,8 +60,7 @@ class MetricWriter:
       return
     row = {'step': int(step)}
     row.update({k: _scalar(v) for k, v in metrics.items()})
-    with open(self.path, 'a') as f:
-      f.write(json.dumps(row) + '\n')
+    paths.append_text(self.path, json.dumps(row) + '\n')
     if self._tb is not None:
       self._tb.scalars(int(step), {
           k: v for k, v in row.items()
@@ -82,7 +84,7 @@ def read_jsonl(path: str) -> list[dict[str, Any]]:
   with a warning rather than making the resumed run crash.
   """
   rows = []
-  with open(path) as f:
+  with paths.open(path) as f:
     for n, line in enumerate(f, 1):
       if not line.strip():
         continue
@@ -101,9 +103,9 @@ def truncate_after(path: str, step: int, steps_per_epoch: int) -> int:
   of `step` itself (the resumed run refreshes that epoch again). Unparseable
   lines go too. The file is rewritten atomically (process 0 only).
   """
-  if jax.process_index() != 0 or not os.path.exists(path):
+  if jax.process_index() != 0 or not paths.exists(path):
     return 0
-  with open(path) as f:
+  with paths.open(path) as f:
     lines = sum(1 for line in f if line.strip())
   rows = read_jsonl(path)  # drops (and warns about) a partial line
   redone = lambda r: r['step'] > step or (
@@ -112,9 +114,7 @@ def truncate_after(path: str, step: int, steps_per_epoch: int) -> int:
   keep = [r for r in rows if not redone(r)]
   dropped = lines - len(keep)
   if dropped:
-    with open(path + '.tmp', 'w') as f:
-      f.writelines(json.dumps(r) + '\n' for r in keep)
-    os.replace(path + '.tmp', path)
+    paths.write_atomic(path, ''.join(json.dumps(r) + '\n' for r in keep))
     logging.info('%s: dropped %d rows after step %d, which this resumed run '
                  'redoes', path, dropped, step)
   return dropped
@@ -127,11 +127,11 @@ def set_aside(path: str) -> str | None:
   wrote rows but no checkpoint: those rows describe nothing that survives.
   Kept, not deleted. Returns the new path (None when there was no file).
   """
-  if jax.process_index() != 0 or not os.path.exists(path):
+  if jax.process_index() != 0 or not paths.exists(path):
     return None
   stem = path[:-len('.jsonl')] if path.endswith('.jsonl') else path
   new = f'{stem}.abandoned-{time.strftime("%Y%m%d-%H%M%S")}.jsonl'
-  os.replace(path, new)
+  paths.replace(path, new)  # on gs://: a copy, then a delete
   logging.warning('%s is from an earlier attempt that left no checkpoint; '
                   'moved it to %s', path, new)
   return new
@@ -139,7 +139,7 @@ def set_aside(path: str) -> str | None:
 
 def evaluated_at(path: str, step: int) -> bool:
   """Whether metrics.jsonl holds a test evaluation at `step`."""
-  if not os.path.exists(path):
+  if not paths.exists(path):
     return False
   return any(r['step'] == step and any(k.startswith('test/') for k in r)
              for r in read_jsonl(path))
@@ -160,7 +160,7 @@ def past_evaluations(path: str, upto_step: int, steps_per_epoch: int,
       with its 'epoch' ({} if none), initial: the
     step-0 result ({} if none); keys without the 'test/' prefix.
   """
-  if not os.path.exists(path):
+  if not paths.exists(path):
     return {}, {}
   by_step = {}
   for row in read_jsonl(path):
@@ -182,43 +182,84 @@ class Progress:
   """Throughput and ETA that leave out compilation and pauses (eval, refresh).
 
   Call `tick(step)` after each train step's result is ready; wrap pauses in
-  `with progress.paused():` so their time does not count towards steps/s.
-  The first measured interval starts after the first step, which compiles.
+  `with progress.paused(kind):` so their time does not count towards
+  steps/s. The first measured interval starts after the first step, which
+  compiles.
+
+  The ETA is the remaining steps at the measured steps/s, plus, for each
+  kind of pause in `scheduled`, the mean duration of the pauses of that kind
+  measured so far (those before the first step too) times the number still
+  to come: the scheduled steps >= the current one (a pause at step s comes
+  after step s's log line). images/s stays training only.
+
+  Args:
+    total_steps: the run's last step.
+    batch_size: images per step.
+    scheduled: {kind: the steps at which a pause of that kind happens}, e.g.
+      {'refresh': epoch starts, 'eval': evaluation steps}. A kind not in it
+      (or `paused()` without a kind) is left out of steps/s and the ETA.
+    clock: seconds, monotonic (tests pass a fake one).
   """
 
-  def __init__(self, total_steps: int, batch_size: int):
+  def __init__(self, total_steps: int, batch_size: int, *,
+               scheduled: Mapping[str, Any] | None = None,
+               clock=time.perf_counter):
     self.total_steps = total_steps
     self.batch_size = batch_size
+    self._clock = clock
     self._t0 = None
     self._s0 = None
     self._paused = 0.0
+    self._scheduled = {k: np.sort(np.asarray(list(v), np.int64))
+                       for k, v in (scheduled or {}).items()}
+    self._spent: dict[str, list[float]] = {}  # kind -> [seconds, count]
 
   def tick(self, step: int) -> None:
     if self._t0 is None:
-      self._t0, self._s0, self._paused = time.perf_counter(), step, 0.0
+      self._t0, self._s0, self._paused = self._clock(), step, 0.0
 
   class _Pause:
 
-    def __init__(self, progress):
-      self.p = progress
+    def __init__(self, progress, kind):
+      self.p, self.kind = progress, kind
 
     def __enter__(self):
-      self.t = time.perf_counter()
+      self.t = self.p._clock()  # pylint: disable=protected-access
 
     def __exit__(self, *exc):
-      self.p._paused += time.perf_counter() - self.t  # pylint: disable=protected-access
+      dt = self.p._clock() - self.t  # pylint: disable=protected-access
+      self.p._paused += dt  # pylint: disable=protected-access
+      if self.kind is not None:
+        spent = self.p._spent.setdefault(self.kind, [0.0, 0])  # pylint: disable=protected-access
+        spent[0] += dt
+        spent[1] += 1
 
-  def paused(self):
-    return self._Pause(self)
+  def paused(self, kind: str | None = None):
+    """A context whose time is not training time; `kind` ('refresh',
+    'eval') also measures it for the ETA."""
+    return self._Pause(self, kind)
+
+  def pauses_left(self, step: int) -> float:
+    """Seconds the scheduled pauses still to come after `step` should take:
+    per kind, the mean measured duration times how many remain (0 for a
+    kind not measured yet)."""
+    total = 0.0
+    for kind, steps in self._scheduled.items():
+      seconds, count = self._spent.get(kind, (0.0, 0))
+      if count:
+        left = len(steps) - int(np.searchsorted(steps, step, side='left'))
+        total += seconds / count * left
+    return total
 
   def rates(self, step: int) -> dict[str, float]:
     """Steps/s, images/s and ETA (s) since the first timed step."""
     if self._t0 is None or step <= self._s0:
       return {}
-    dt = max(time.perf_counter() - self._t0 - self._paused, 1e-9)
+    dt = max(self._clock() - self._t0 - self._paused, 1e-9)
     sps = (step - self._s0) / dt
     return {'steps_per_sec': sps, 'images_per_sec': sps * self.batch_size,
-            'eta_sec': (self.total_steps - step) / sps}
+            'eta_sec': (self.total_steps - step) / sps
+                       + self.pauses_left(step)}
 
   def line(self, step: int, epoch: int, metrics: Mapping[str, Any]) -> str:
     r = self.rates(step)
@@ -235,8 +276,7 @@ class Progress:
 def write_json(path: str, obj: Mapping[str, Any]) -> None:
   if jax.process_index() != 0:
     return
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump({k: _scalar(v) for k, v in obj.items()}, f, indent=2)
-  os.replace(tmp, path)  # atomic: a reader never sees half a file
+  # Atomic: a reader never sees half a file (paths.write_atomic).
+  paths.write_atomic(path, json.dumps(
+      {k: _scalar(v) for k, v in obj.items()}, indent=2))
   logging.info('wrote %s', path)

@@ -18,11 +18,11 @@ config beside it as `config.resumed_at_<step>.json`.
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import jax
 
+from jreid import paths
 from jreid import provenance
 
 # Dotted field names (or prefixes ending in '.') a resume may change.
@@ -106,14 +106,12 @@ def write_config(workdir: str, config, resumed_at: int | None) -> str:
   """
   name = ('config.json' if resumed_at is None
           else f'config.resumed_at_{resumed_at}.json')
-  path = os.path.join(workdir, name)
+  path = paths.join(workdir, name)
   if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
+    paths.makedirs(workdir)
     d = json.loads(config.to_json_best_effort())
     d[provenance.KEY] = provenance.record(config)
-    with open(path + '.tmp', 'w') as f:
-      json.dump(d, f, indent=2, sort_keys=True)
-    os.replace(path + '.tmp', path)
+    paths.write_atomic(path, json.dumps(d, indent=2, sort_keys=True))
   return path
 
 
@@ -125,12 +123,11 @@ def read_config(workdir: str):
     FileNotFoundError: `workdir` holds no config.json (not a jreid workdir).
   """
   import ml_collections  # pylint: disable=g-import-not-at-top
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
+  path = paths.join(workdir, 'config.json')
+  if not paths.exists(path):
     raise FileNotFoundError(
         f'{path} not found: give the workdir of a jreid run (the folder '
         'passed as --workdir, holding config.json and checkpoints/)')
-  with open(path) as f:
-    d = json.load(f)
+  d = json.loads(paths.read_text(path))
   d.pop(provenance.KEY, None)
   return ml_collections.ConfigDict(d)

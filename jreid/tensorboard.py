@@ -13,7 +13,9 @@ Scalars are `simple_value` summaries and images PNG-encoded `Summary.Image`s
 directly). Every call is written and flushed synchronously: the trainer
 writes at its log cadence and at evaluations, so the cost is a few small
 file appends, and a run that dies leaves every row it logged on disk (no
-background thread to lose them).
+background thread to lose them). The logdir may be a URL (gs://bucket/run/
+tensorboard): objects cannot be appended to, so there each flush uploads the
+event file whole (`paths.Appender`).
 
 A resumed run passes `purge_step`: the file then starts with a
 SessionLog.START event at that step, and TensorBoard drops what earlier files
@@ -32,6 +34,8 @@ from typing import Any, Mapping
 
 from absl import logging
 import numpy as np
+
+from jreid import paths
 
 INSTALL_HINT = "pip install 'jreid[tensorboard]'"
 
@@ -102,13 +106,13 @@ class EventWriter:
 
   def __init__(self, logdir: str, purge_step: int | None = None):
     self._event_pb2, self._summary_pb2, record_writer = _modules()
-    os.makedirs(logdir, exist_ok=True)
+    paths.makedirs(logdir)
     # TensorBoard reads the files of a folder in name order: the seconds
     # first, as TensorFlow names them, so a resumed run's file sorts last.
     name = 'events.out.tfevents.%010d.%s.%d.%04d' % (
         time.time(), socket.gethostname(), os.getpid(), next(_file_ids))
-    self.path = os.path.join(logdir, name)
-    self._records = record_writer(open(self.path, 'wb'))
+    self.path = paths.join(logdir, name)
+    self._records = record_writer(paths.Appender(self.path))
     self._add(self._event_pb2.Event(file_version='brain.Event:2'))
     if purge_step is not None:
       self._add(self._event_pb2.Event(

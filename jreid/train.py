@@ -23,7 +23,6 @@ body, batches, pseudo labels and memories. Sections:
 from __future__ import annotations
 
 import math
-import os
 import signal
 import time
 from typing import Any
@@ -38,6 +37,7 @@ from jreid import checkpointing
 from jreid import config_checks
 from jreid import distributed
 from jreid import metrics_io
+from jreid import paths
 from jreid import preemption
 from jreid import provenance
 from jreid import registry
@@ -203,7 +203,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   _show_progress_outside_absl_app()
   config_checks.validate(config)
   distributed.maybe_initialize()
-  workdir = os.path.abspath(os.path.expanduser(workdir))
+  workdir = paths.absolute(workdir)  # a URL (gs://bucket/run) stays one
   mesh, data, method, refresh_extractor, evaluators = _setup(config)
   train = data.split
   best_metric = config.evals.get('best_metric', 'mAP')
@@ -261,7 +261,11 @@ def _train(config, workdir, method, data, mesh, refresh_extractor, evaluators,
   # set_aside do for metrics.jsonl.
   writer = metrics_io.MetricWriter(
       workdir, purge_step=start_step + 1 if start_step else 0)
-  progress = metrics_io.Progress(total_steps, config.sampler.batch_size)
+  progress = metrics_io.Progress(
+      total_steps, config.sampler.batch_size,
+      scheduled={'refresh': [e * spe for e in range(config.num_epochs)],
+                 'eval': [(e + 1) * spe for e in range(config.num_epochs)
+                          if _eval_due(config, e)]})
   logging.info('training %s: %d epochs x %d steps, batch %d, from step %d',
                config.method.name, config.num_epochs, spe,
                config.sampler.batch_size, start_step)
@@ -284,21 +288,25 @@ def _train(config, workdir, method, data, mesh, refresh_extractor, evaluators,
       # Stopped after the epoch's checkpoint but before its evaluation.
       logging.info('evaluating epoch %d, which the interrupted run had not',
                    done_epoch)
-      results = evaluate()
+      with progress.paused('eval'):
+        results = evaluate()
+        evaluator_lib.write_images(evaluators, writer, start_step)
       writer.write(start_step, {f'test/{k}': v for k, v in results.items()})
       logging.info('epoch %d test: %s', done_epoch,
                    evaluator_lib.format(results))
       if results[best_metric] >= best.get(best_metric, -1.0):
         best = dict(results, epoch=done_epoch)
   if start_step == 0 and config.evals.get('at_start', False):
-    initial = evaluate()  # untrained floor
+    with progress.paused('eval'):
+      initial = evaluate()  # untrained floor
+      evaluator_lib.write_images(evaluators, writer, 0)
     writer.write(0, {f'test/{k}': v for k, v in initial.items()})
     logging.info('untrained test: %s', evaluator_lib.format(initial))
   t_start = time.time()
   for epoch in range(start_step // spe, config.num_epochs):
     pos0 = start_step - epoch * spe if epoch == start_step // spe else 0
     phase = int(method.phase(epoch))
-    with progress.paused():
+    with progress.paused('refresh' if pos0 == 0 else None):
       if pos0 == 0:  # a run resumed mid-epoch keeps the labels it had
         state, info = method.refresh(ctx, state, epoch)
         # Whatever the method rebuilt goes back onto the declared shardings,
@@ -349,8 +357,9 @@ def _train(config, workdir, method, data, mesh, refresh_extractor, evaluators,
                      'command resumes', step)
         return {'stopped_at_step': step, 'train_step_traces': step_fn.traces}
     if _eval_due(config, epoch):
-      with progress.paused():
+      with progress.paused('eval'):
         results = evaluate()
+        evaluator_lib.write_images(evaluators, writer, (epoch + 1) * spe)
       writer.write((epoch + 1) * spe, {f'test/{k}': v
                                        for k, v in results.items()})
       logging.info('epoch %d test: %s', epoch, evaluator_lib.format(results))
@@ -370,6 +379,6 @@ def _train(config, workdir, method, data, mesh, refresh_extractor, evaluators,
                  train_step_traces=step_fn.traces)
   summary[provenance.KEY] = provenance.record(config)
   # Results first: a final save that fails (a full disk) must not lose them.
-  metrics_io.write_json(os.path.join(workdir, 'results.json'), summary)
+  metrics_io.write_json(paths.join(workdir, 'results.json'), summary)
   ckpt.close()
   return summary

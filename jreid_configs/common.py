@@ -178,6 +178,12 @@ def base_config(dataset: str) -> mlc.ConfigDict:
   c.evals.stream = False    # decode query/gallery in blocks at every eval
   c.evals.block_size = 4096  # images per decoded block when streaming
   c.evals.best_metric = 'mAP'  # picks best_* in results.json
+  # Pictures at each evaluation, to TensorBoard (process 0, from the
+  # evaluation's own features and distances; jreid/evaluation/evaluator.py):
+  c.evals.ranklist_images = 4   # rank lists 'ranklist/<protocol>/<i>' (0: off)
+  c.evals.ranklist_top = 10     # gallery images per rank list
+  c.evals.tsne_images = False   # t-SNE 'tsne/<protocol>/{identity,camera}'
+  c.evals.tsne_max_points = 1000  # of query + gallery (~5-15 s at 1000)
   # {name: {type, dataset}}; empty = one 'retrieval' protocol on
   # config.data.name, whose metrics are also written unprefixed.
   c.evals.protocols = mlc.ConfigDict()

@@ -21,18 +21,88 @@ def test_jsonl_rows_roundtrip(tmp_path):
                   {'step': 2, 'loss': 1.5}]
 
 
+class _Clock:
+
+  def __init__(self):
+    self.t = 0.0
+
+  def __call__(self):
+    return self.t
+
+
 def test_progress_excludes_compile_and_pauses():
-  p = metrics_io.Progress(total_steps=100, batch_size=8)
-  time.sleep(0.05)     # the compiling first step: not counted
+  clock = _Clock()
+  p = metrics_io.Progress(total_steps=100, batch_size=8, clock=clock)
+  clock.t += 7.0       # the compiling first step: not counted
   p.tick(1)
   with p.paused():     # an evaluation: not counted
-    time.sleep(0.2)
-  time.sleep(0.05)
-  r = p.rates(11)      # 10 steps in ~0.05 s of counted time
-  assert r['steps_per_sec'] > 100
-  assert r['images_per_sec'] == r['steps_per_sec'] * 8
-  assert abs(r['eta_sec'] - 89 / r['steps_per_sec']) < 1e-9
-  assert 'ETA' in p.line(11, 0, {'loss': 1.0})
+    clock.t += 20.0
+  clock.t += 0.5
+  r = p.rates(11)      # 10 steps in 0.5 s of counted time
+  assert r == {'steps_per_sec': 20.0, 'images_per_sec': 160.0,
+               'eta_sec': 89 / 20.0}
+  assert 'ETA 0:00:04' in p.line(11, 0, {'loss': 1.0})
+
+
+def test_progress_reads_the_real_clock_by_default():
+  p = metrics_io.Progress(total_steps=100, batch_size=8)
+  p.tick(1)
+  time.sleep(0.01)
+  r = p.rates(2)
+  assert 0 < r['steps_per_sec'] <= 100
+  assert r['eta_sec'] == 98 / r['steps_per_sec']
+
+
+def test_eta_adds_the_refreshes_and_evaluations_still_to_come():
+  # 3 epochs x 2 steps; a refresh at every epoch start, evaluations after
+  # epochs 1 and 2 (steps 4 and 6).
+  clock = _Clock()
+  p = metrics_io.Progress(total_steps=6, batch_size=8, clock=clock,
+                          scheduled={'refresh': [0, 2, 4], 'eval': [4, 6]})
+
+  def pause(kind, seconds):
+    with p.paused(kind):
+      clock.t += seconds
+
+  def step(n, seconds):
+    clock.t += seconds
+    p.tick(n)
+    return p.rates(n)
+
+  pause('refresh', 3.0)              # epoch 0, before the first step
+  assert step(1, 10.0) == {}         # compiles: not timed
+  r = step(2, 1.0)                   # 1 step/s; 4 steps, 2 refreshes of 3 s
+  assert r == {'steps_per_sec': 1.0, 'images_per_sec': 8.0,
+               'eta_sec': 4 * 1.0 + 2 * 3.0}  # no evaluation measured yet
+  pause('refresh', 5.0)              # refresh mean 4 s
+  assert step(3, 1.0)['eta_sec'] == 3 * 1.0 + 1 * 4.0
+  r = step(4, 1.0)
+  assert r['eta_sec'] == 2 * 1.0 + 1 * 4.0  # the step-4 refresh comes
+  pause('eval', 8.0)
+  pause(None, 100.0)                 # another pause: neither rate nor ETA
+  pause('refresh', 1.0)              # refresh mean 3 s, none left
+  r = step(5, 1.0)
+  assert r == {'steps_per_sec': 1.0, 'images_per_sec': 8.0,
+               'eta_sec': 1 * 1.0 + 1 * 8.0}  # one evaluation left
+  assert p.pauses_left(5) == 8.0
+  assert 'ETA 0:00:09' in p.line(5, 2, {'loss': 1.0})
+  pause(None, 0.5)
+  r = step(6, 1.0)                   # the last step: 5 steps in 5 s
+  assert r['images_per_sec'] == 8.0
+  assert r['eta_sec'] == 8.0         # its evaluation still to come
+  pause('eval', 2.0)                 # eval mean 5 s, none left
+  assert p.pauses_left(7) == 0.0
+
+
+def test_eta_without_a_schedule_is_steps_only():
+  clock = _Clock()
+  p = metrics_io.Progress(total_steps=10, batch_size=4, clock=clock)
+  p.tick(1)
+  with p.paused('eval'):
+    clock.t += 50.0
+  clock.t += 2.0
+  assert p.rates(3) == {'steps_per_sec': 1.0, 'images_per_sec': 4.0,
+                        'eta_sec': 7.0}
 
 
 def test_config_and_results_files(tmp_path):

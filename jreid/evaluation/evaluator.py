@@ -22,18 +22,35 @@ know which rows to drop), which is an error at construction.
 
 With `rerank`, k-reciprocal re-ranking (`rerank_k1`, `rerank_k2`,
 `rerank_lambda`; default 20, 6, 0.3) replaces the plain distance.
+
+Pictures: a retrieval `run` on process 0 also keeps, from its own features
+and distances, what `images()` needs to draw `ranklist_images` rank lists
+(the distance rows of the queries `ranklist.pick_queries` picks, with
+re-ranking the very rows the metrics were computed from) and, with
+`tsne_images`, a t-SNE of at most `tsne_max_points` query + gallery
+features. Nothing is extracted twice, and the metrics do not change.
+`write_images(evaluators, writer, step)` draws them (decoding only the
+drawn queries' images) and hands them to the writer as
+`ranklist/<protocol>/<i>` and `tsne/<protocol>/{identity,camera}`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+import time
+from typing import Any, Iterable, Iterator, Mapping, NamedTuple
 
+from absl import logging
+import jax
 import numpy as np
 
 from jreid import registry
+from jreid import tensorboard as tensorboard_lib
 from jreid.data import pipeline
 from jreid.data import records
+from jreid.evaluation import distance
 from jreid.evaluation import retrieval
+from jreid.tools import ranklist
+from jreid.tools import tsne as tsne_lib
 
 # The protocols when config.evals.protocols is absent or empty: today's one.
 DEFAULT_PROTOCOLS = {'retrieval': {'type': 'retrieval'}}
@@ -68,6 +85,30 @@ class Evaluator:
   def run(self, variables) -> dict[str, float]:
     """Metrics of the model `variables`, as {metric: value}."""
     raise NotImplementedError
+
+  def images(self) -> dict[str, np.ndarray]:
+    """{tag: uint8 (H, W, 3)} pictures of the last `run` (none by default).
+
+    Drawn on demand, once: what the run kept for them is then released.
+    """
+    return {}
+
+
+class Kept(NamedTuple):
+  """What a retrieval run keeps for its pictures, on process 0.
+
+  Attributes:
+    rows: (n,) query indices of the rank lists (`ranklist.pick_queries`).
+    distances: (n, G) float32 distances of those queries to the whole
+      gallery (junk included), as the protocol ranks them.
+    tsne_index: (m,) rows of query + gallery (queries first) sampled for
+      the t-SNE (`tsne.sample`, seed 0), or None without `tsne_images`.
+    tsne_features: (m, D) their features, or None.
+  """
+  rows: np.ndarray
+  distances: np.ndarray
+  tsne_index: np.ndarray | None
+  tsne_features: np.ndarray | None
 
 
 def protocol_settings(evals, protocol: Mapping[str, Any] | None
@@ -114,6 +155,7 @@ class RetrievalEvaluator(Evaluator):
     # Replaced by the decoded subsets at the first in-memory run.
     self.query, self.gallery = dataset.query, dataset.gallery
     self.q_images = self.g_images = None
+    self.kept: Kept | None = None  # for `images`, set by `run`
 
   @classmethod
   def from_config(cls, name, protocol, config, datasets, extractor
@@ -156,10 +198,58 @@ class RetrievalEvaluator(Evaluator):
 
   def run(self, variables) -> dict[str, float]:
     qf, gf = self.features(variables)
-    return self.evaluate(qf, gf)
+    ev = self.settings
+    self.kept = None
+    # Pictures are drawn by process 0 and shown in TensorBoard: elsewhere
+    # nothing is kept.
+    num = int(ev.get('ranklist_images', 0))
+    tsne = bool(ev.get('tsne_images', False))
+    if not ((num > 0 or tsne) and jax.process_index() == 0
+            and tensorboard_lib.available()):
+      return self.evaluate(qf, gf)
+    rows = ranklist.pick_queries(len(qf), max(num, 0))
+    metrics, dist = _score(qf, gf, self.query, self.gallery, ev, rows)
+    index = features = None
+    if tsne:
+      index = tsne_lib.sample(len(qf) + len(gf),
+                              int(ev.get('tsne_max_points', 1000)), seed=0)
+      q = index < len(qf)  # without concatenating all the features
+      features = np.concatenate([np.asarray(qf)[index[q]],
+                                 np.asarray(gf)[index[~q] - len(qf)]])
+    self.kept = Kept(rows, dist, index, features)
+    return metrics
 
   def evaluate(self, qf: np.ndarray, gf: np.ndarray) -> dict[str, float]:
     return score(qf, gf, self.query, self.gallery, self.settings)
+
+  def images(self) -> dict[str, np.ndarray]:
+    """Rank lists `ranklist/<name>/<i>` (i-th picked query, the same at every
+    evaluation) and t-SNE `tsne/<name>/{identity,camera}` of the last run."""
+    kept, self.kept = self.kept, None
+    if kept is None:
+      return {}
+    ev = self.settings
+    out = {}
+    pictures = ranklist.pictures(
+        kept.distances, kept.rows, self.query, self.gallery,
+        top=int(ev.get('ranklist_top', 10)),
+        image_size=tuple(self.config.data.image_size))
+    for i, picture in enumerate(pictures):
+      out[f'ranklist/{self.name}/{i}'] = np.asarray(picture.convert('RGB'))
+    if kept.tsne_index is not None:
+      both = lambda a, b: np.concatenate([a, b])[kept.tsne_index]
+      # One thread: the loop's host is busy (input pipeline, XLA), and
+      # scikit-learn's spinning OpenMP threads are then many times slower.
+      xy = tsne_lib.embed(kept.tsne_features, seed=0, num_threads=1)
+      pictures = tsne_lib.pictures(
+          xy, {'identity': both(self.query.pids, self.gallery.pids),
+               'camera': both(self.query.camids, self.gallery.camids)},
+          total=len(self.query) + len(self.gallery),
+          title=f'{self.name} query + gallery')
+      for colouring, picture in pictures.items():
+        out[f'tsne/{self.name}/{colouring}'] = np.asarray(
+            picture.convert('RGB'))
+    return out
 
 
 def _fields(split: records.Split) -> dict[str, np.ndarray]:
@@ -183,21 +273,51 @@ def score(qf: np.ndarray, gf: np.ndarray, query, gallery, ev
   Returns:
     summarize()'s {'mAP', 'rank1', 'rank5', 'rank10', 'mINP'}.
   """
+  return _score(qf, gf, query, gallery, ev)[0]
+
+
+def _score(qf, gf, query, gallery, ev, rows: np.ndarray | None = None
+           ) -> tuple[dict[str, float], np.ndarray | None]:
+  """`score`, and the (len(rows), G) distance rows of queries `rows` (None
+  without rows): with re-ranking, the rows of the blocks the metrics are
+  computed from; else the same programs (`distance.pairwise_distance`, which
+  `distance.blocked` shares) on those queries only, junk columns included."""
   max_rank = int(ev.get('max_rank', 50))
+  dist = None
   if ev.get('rerank', False):
     from jreid.evaluation import rerank  # pylint: disable=g-import-not-at-top
     # Block by block: at MSMT17 size the re-ranked matrix would be 3.8 GB.
     blocks = rerank.k_reciprocal_blocks(
         qf, gf, k1=int(ev.get('rerank_k1', 20)), k2=int(ev.get('rerank_k2', 6)),
         lambda_value=float(ev.get('rerank_lambda', 0.3)))
+    if rows is not None:
+      dist = np.zeros((len(rows), len(gf)), np.float32)
+      blocks = _keep_rows(blocks, np.asarray(rows), dist)
     metrics = retrieval.evaluate_blocks(blocks, query.pids, gallery.pids,
                                         query.camids, gallery.camids,
                                         max_rank=max_rank)
   else:
+    metric = ev.get('metric', 'euclidean')
     metrics = retrieval.evaluate_features(
         qf, gf, query.pids, gallery.pids, query.camids, gallery.camids,
-        metric=ev.get('metric', 'euclidean'), max_rank=max_rank)
-  return summarize(metrics)
+        metric=metric, max_rank=max_rank)
+    if rows is not None:
+      dist = np.zeros((0, len(gf)), np.float32)
+      if len(rows):
+        dist = np.asarray(distance.pairwise_distance(
+            np.asarray(qf)[np.asarray(rows)], gf, metric=metric))
+  return summarize(metrics), dist
+
+
+def _keep_rows(blocks: Iterable[tuple[int, np.ndarray]], rows: np.ndarray,
+               out: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+  """Passes (start, block) blocks through, copying query rows `rows` into
+  `out` on the way."""
+  for start, block in blocks:
+    block = np.asarray(block)
+    inside = (rows >= start) & (rows < start + len(block))
+    out[inside] = block[rows[inside] - start]
+    yield start, block
 
 
 def build(config, datasets, extractor) -> dict[str, Evaluator]:
@@ -244,6 +364,31 @@ def build(config, datasets, extractor) -> dict[str, Evaluator]:
     evaluators[name] = cls.from_config(name, protocol, config, datasets,
                                        extractor)
   return evaluators
+
+
+def write_images(evaluators: Mapping[str, Evaluator], writer, step: int
+                 ) -> list[str]:
+  """Draws every protocol's pictures of its last run: `writer.image(tag,
+  step, picture)`; returns the tags.
+
+  A picture that cannot be drawn (an image file gone, scikit-learn missing)
+  is a warning, not the end of the run.
+  """
+  t0, tags = time.perf_counter(), []
+  for name, ev in evaluators.items():
+    try:
+      pictures = ev.images()
+    except (OSError, ValueError, ImportError) as e:
+      logging.warning('evaluation pictures of %s at step %d not drawn: %s',
+                      name, step, e)
+      continue
+    for tag, picture in pictures.items():
+      writer.image(tag, step, picture)
+      tags.append(tag)
+  if tags:
+    logging.info('step %d: %d evaluation pictures to TensorBoard (%.1f s)',
+                 step, len(tags), time.perf_counter() - t0)
+  return tags
 
 
 def run_all(evaluators: Mapping[str, Evaluator], variables

@@ -36,6 +36,7 @@ table is printed, and into `--out` (default
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
@@ -47,6 +48,7 @@ from absl import logging
 import jax
 import numpy as np
 
+from jreid import paths
 from jreid import registry
 from jreid.data import records
 from jreid.evaluation import evaluator as evaluator_lib
@@ -172,7 +174,11 @@ def format_table(name: str, metrics: Mapping[str, float], note: str) -> str:
 
 
 def _features_npz(path: str, qf, gf, query, gallery) -> None:
-  np.savez(path, query_features=qf.astype(np.float32),
+  # A zip is written with seeks, which object-store files lack: for a URL
+  # it is built in memory and uploaded whole.
+  remote = paths.is_remote(path)
+  target = io.BytesIO() if remote else path
+  np.savez(target, query_features=qf.astype(np.float32),
            gallery_features=gf.astype(np.float32),
            query_paths=np.asarray(query.paths, dtype=str),
            gallery_paths=np.asarray(gallery.paths, dtype=str),
@@ -180,6 +186,8 @@ def _features_npz(path: str, qf, gf, query, gallery) -> None:
            gallery_ids=gallery.pids.astype(np.int32),
            query_cameras=query.camids.astype(np.int32),
            gallery_cameras=gallery.camids.astype(np.int32))
+  if remote:
+    paths.write_atomic(path, target.getvalue())
 
 
 def _retrieval(name: str, ev, variables, out: str, *, ranklists: int,
@@ -195,7 +203,7 @@ def _retrieval(name: str, ev, variables, out: str, *, ranklists: int,
   if not out:
     return metrics, info
   if save_features:
-    info['features'] = os.path.join(out, f'features_{name}.npz')
+    info['features'] = paths.join(out, f'features_{name}.npz')
     _features_npz(info['features'], qf, gf, ev.query, ev.gallery)
   if ranklists:
     info['ranklists'] = ranklist.write_ranklists(
@@ -257,7 +265,10 @@ def evaluate(workdir: str, *, step: extractor_lib.Step = 'newest',
   """
   if tsne not in TSNE_MODES:
     raise ValueError(f'--tsne={tsne!r}: use one of {TSNE_MODES[1:]}')
-  workdir = os.path.abspath(os.path.expanduser(workdir))
+  workdir = paths.absolute(workdir)  # a gs:// URL stays one
+  if (ranklists or tsne) and paths.is_remote(out or workdir):
+    raise ValueError(f'--ranklists and --tsne write PNGs to a local folder; '
+                     f'{out or workdir} is a URL: give a local --out')
   run_roots, other_roots = _check_names(
       extractor_lib.load_config(workdir), datasets, dict(roots or {}))
   run = extractor_lib.load_run(workdir, step, roots=run_roots,
@@ -272,13 +283,13 @@ def evaluate(workdir: str, *, step: extractor_lib.Step = 'newest',
   test_extractor = run.extractor(flip)
   evaluators = _evaluators(run, datasets, other_roots, test_extractor,
                            explicit_rerank)
-  out = out or os.path.join(workdir, 'evaluations', f'step_{run.step}' +
-                            ('_flip' if flip else '') +
-                            ('_rerank' if rerank else ''))
+  out = out or paths.join(workdir, 'evaluations', f'step_{run.step}' +
+                          ('_flip' if flip else '') +
+                          ('_rerank' if rerank else ''))
   # Every process extracts (the features are global arrays); process 0
   # writes the files.
   write = jax.process_index() == 0
-  os.makedirs(out, exist_ok=True)
+  paths.makedirs(out)
   variables = run.variables
   summary = {'workdir': workdir, 'step': run.step, 'flip': flip,
              'rerank': rerank, 'out': out, 'results': {}, 'sets': {}}
@@ -305,11 +316,9 @@ def evaluate(workdir: str, *, step: extractor_lib.Step = 'newest',
     summary['train_tsne'] = _train_tsne(run, test_extractor,
                                         os.path.join(out, 'tsne'),
                                         tsne_max_points, write)
-  path = os.path.join(out, 'evaluation.json')
+  path = paths.join(out, 'evaluation.json')
   if write:
-    with open(path + '.tmp', 'w') as f:
-      json.dump(summary, f, indent=2)
-    os.replace(path + '.tmp', path)
+    paths.write_atomic(path, json.dumps(summary, indent=2))
   print(f'wrote {path}', flush=True)
   return summary
 

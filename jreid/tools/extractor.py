@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
@@ -33,6 +32,7 @@ import numpy as np
 
 from jreid import checkpoint_integrity
 from jreid import checkpointing
+from jreid import paths
 from jreid import registry
 from jreid import run_config
 from jreid import sharding
@@ -52,19 +52,18 @@ def load_config(workdir: str) -> mlc.ConfigDict:
   Raises:
     FileNotFoundError: `workdir` does not exist or holds no config.json.
   """
-  if not os.path.isdir(workdir):
+  if not paths.isdir(workdir):
     raise FileNotFoundError(f'workdir {workdir} does not exist; give the '
                             '--workdir of a jreid run (python -m jreid.main)')
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
+  path = paths.join(workdir, 'config.json')
+  if not paths.exists(path):
     raise FileNotFoundError(
         f'{workdir} has no config.json, so it is not the workdir of a jreid '
         'run (python -m jreid.main writes config.json when a run starts)')
   read = getattr(run_config, 'read_config', None)
   if read is not None:
     return read(workdir)
-  with open(path) as f:
-    d = json.load(f)
+  d = json.loads(paths.read_text(path))
   d.pop('provenance', None)  # a record of the run, not a config field
   return mlc.ConfigDict(d)
 
@@ -100,23 +99,22 @@ def set_roots(config, roots: Mapping[str, str] | None) -> None:
 def kept_steps(workdir: str) -> list[int]:
   """Steps of the finished checkpoints under `<workdir>/checkpoints`."""
   directory = checkpointing.checkpoint_dir(workdir)
-  if not os.path.isdir(directory):
+  if not paths.isdir(directory):
     return []
   # Orbax writes into '<step>.orbax-checkpoint-tmp-*' and renames the folder
   # to its bare step number when complete: digits-only names are finished.
-  return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
+  return sorted(int(d) for d in paths.listdir(directory) if d.isdigit())
 
 
 def _best_from_results(workdir: str, kept: list[int],
                        steps_per_epoch: int) -> int:
   """The step of results.json's best epoch, which must be a kept step."""
-  path = os.path.join(workdir, 'results.json')
-  if not os.path.exists(path):
+  path = paths.join(workdir, 'results.json')
+  if not paths.exists(path):
     raise FileNotFoundError(
         f'--step=best: {workdir} has no results.json (the run has not '
         f'finished), so its best epoch is unknown; kept steps: {kept}')
-  with open(path) as f:
-    results = json.load(f)
+  results = json.loads(paths.read_text(path))
   if 'best_epoch' not in results:
     raise ValueError(f'--step=best: {path} records no best_epoch; kept '
                      f'steps: {kept}')
@@ -278,7 +276,7 @@ def load_run(workdir: str, step: Step = 'newest', *,
     RuntimeError: the checkpoint is damaged or does not fit the state the
       config describes.
   """
-  workdir = os.path.abspath(os.path.expanduser(workdir))
+  workdir = paths.absolute(workdir)  # a gs:// URL stays one
   config = load_config(workdir)
   set_roots(config, roots)
   # Every mistake in `step` that needs no method fails before any work.

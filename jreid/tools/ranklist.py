@@ -125,6 +125,37 @@ def draw(query_path: str, gallery_paths: Sequence[str],
   return canvas
 
 
+def pictures(dist: np.ndarray, rows: Sequence[int], query: records.Split,
+             gallery: records.Split, *, top: int = 10,
+             image_size: Sequence[int] = (256, 128)) -> list[Image.Image]:
+  """The rank-list pictures of queries `rows`, from their distance rows.
+
+  Only the drawn queries' and their top gallery entries' files are decoded.
+
+  Args:
+    dist: (len(rows), G) distances of those queries to the whole gallery
+      (junk included), as the evaluation ranks them (`query_distances`).
+    rows: query indices, in the order of `dist`.
+    query, gallery: the records the distances belong to.
+    top: gallery images per query (fewer if the gallery is smaller).
+    image_size: the run's (H, W), for the aspect ratio of the cells.
+
+  Returns:
+    One picture per row.
+  """
+  cell_hw = display_size(image_size)
+  k = min(top, len(gallery))
+  out = []
+  for q, d in zip(rows, np.asarray(dist)):
+    # Stable: equal distances in gallery order, as the protocol ranks them.
+    order = np.argsort(d, kind='stable')[:k]
+    status = gallery_status(query.pids[q], query.camids[q],
+                            gallery.pids[order], gallery.camids[order])
+    out.append(draw(query.paths[q], gallery.paths[order], status, d[order],
+                    cell_hw))
+  return out
+
+
 def write_ranklists(qf: np.ndarray, gf: np.ndarray, query: records.Split,
                     gallery: records.Split, settings: Mapping[str, Any],
                     out_dir: str, *, num: int, top: int = 10,
@@ -153,16 +184,9 @@ def write_ranklists(qf: np.ndarray, gf: np.ndarray, query: records.Split,
     return []
   os.makedirs(out_dir, exist_ok=True)
   dist = query_distances(qf, gf, rows, settings)
-  cell_hw = display_size(image_size)
-  k = min(top, len(gallery))
   paths = []
-  for q, d in zip(rows, dist):
-    # Stable: equal distances in gallery order, as the protocol ranks them.
-    order = np.argsort(d, kind='stable')[:k]
-    status = gallery_status(query.pids[q], query.camids[q],
-                            gallery.pids[order], gallery.camids[order])
-    picture = draw(query.paths[q], gallery.paths[order], status, d[order],
-                   cell_hw)
+  for q, picture in zip(rows, pictures(dist, rows, query, gallery, top=top,
+                                       image_size=image_size)):
     path = os.path.join(
         out_dir, f'q{q:05d}_pid{query.pids[q]}_cam{query.camids[q]}.png')
     picture.save(path)

@@ -152,14 +152,37 @@ def plot_tsne(features: np.ndarray, out_dir: str, *, ids: np.ndarray,
              num_threads=num_threads)
   os.makedirs(out_dir, exist_ok=True)
   paths = {}
-  for name, labels in colourings.items():
-    if labels is None:
-      continue
-    labels = np.asarray(labels)[index]
-    words = f'{title}: ' if title else ''
-    picture = draw(xy, palette(labels), size=size, title=(
-        f'{words}t-SNE of {len(index)} of {n} points, by {name} '
-        f'({len(np.unique(labels[labels >= 0]))} values)'))
+  drawn = pictures(xy, {name: None if labels is None else
+                        np.asarray(labels)[index]
+                        for name, labels in colourings.items()},
+                   total=n, size=size, title=title)
+  for name, picture in drawn.items():
     paths[name] = os.path.join(out_dir, f'{prefix}_{name}.png')
     picture.save(paths[name])
   return TsneResult(index, xy, paths)
+
+
+def pictures(xy: np.ndarray, colourings: Mapping[str, np.ndarray | None], *,
+             total: int | None = None, size: int = 800, title: str = ''
+             ) -> dict[str, Image.Image]:
+  """One picture of an embedding per colouring (None colourings skipped).
+
+  Args:
+    xy: (n, 2) embedding (`embed`).
+    colourings: {name: (n,) labels of the embedded rows, or None}.
+    total: the rows the n were sampled from, for the title (None: n).
+    size: picture width and height in pixels.
+    title: first words of each picture's title.
+  """
+  n = len(xy)
+  total = n if total is None else total
+  words = f'{title}: ' if title else ''
+  out = {}
+  for name, labels in colourings.items():
+    if labels is None:
+      continue
+    labels = np.asarray(labels)
+    out[name] = draw(xy, palette(labels), size=size, title=(
+        f'{words}t-SNE of {n} of {total} points, by {name} '
+        f'({len(np.unique(labels[labels >= 0]))} values)'))
+  return out

@@ -19,6 +19,7 @@ from jreid.evaluation import evaluator
 from jreid.evaluation import extract
 from jreid.evaluation import rerank
 from jreid.evaluation import retrieval
+from jreid.tools import ranklist
 
 
 def _splits(rng):
@@ -285,3 +286,87 @@ def test_build_then_run_all_on_data(tiny, ext):
   assert set(results) == {*names, *(f'retrieval/{k}' for k in names)}
   for k in names:
     assert results[k] == results[f'retrieval/{k}']
+
+
+# ------------------------------------------------------------------ pictures
+
+
+@pytest.mark.parametrize('rerank_on', [False, True])
+def test_run_keeps_what_rank_lists_need_and_metrics_are_unchanged(
+    tiny, ext, rerank_on):
+  pytest.importorskip('tensorboard')
+  root, ds = tiny
+  v = _variables()
+  plain = evaluator.RetrievalEvaluator(
+      _config(root, **{'evals.rerank': rerank_on}), ds, ext)
+  want = plain.run(v)
+  assert plain.kept is None and plain.images() == {}  # off by default
+  ev = evaluator.RetrievalEvaluator(_config(root, **{
+      'evals.rerank': rerank_on, 'evals.ranklist_images': 3,
+      'evals.ranklist_top': 5}), ds, ext)
+  assert ev.run(v) == want  # exactly
+  qf, gf = ev.features(v)
+  rows = ranklist.pick_queries(len(qf), 3)
+  np.testing.assert_array_equal(ev.kept.rows, rows)
+  # The rows the protocol ranks: junk columns included, and with rerank
+  # the rows of the very blocks the metrics came from.
+  np.testing.assert_array_equal(
+      ev.kept.distances, ranklist.query_distances(qf, gf, rows, ev.settings))
+  assert ev.kept.tsne_index is None
+  pictures = ev.images()
+  assert sorted(pictures) == [f'ranklist/retrieval/{i}' for i in range(3)]
+  w, h = ranklist.canvas_size(5, ranklist.display_size((H, W)))
+  for picture in pictures.values():
+    assert picture.shape == (h, w, 3) and picture.dtype == np.uint8
+  assert ev.kept is None and ev.images() == {}  # drawn once, then released
+
+
+def test_tsne_of_a_sample_of_query_and_gallery(tiny, ext):
+  pytest.importorskip('tensorboard')
+  pytest.importorskip('sklearn')
+  root, ds = tiny
+  v = _variables()
+  ev = evaluator.RetrievalEvaluator(_config(root, **{
+      'evals.ranklist_images': 0, 'evals.tsne_images': True,
+      'evals.tsne_max_points': 25}), ds, ext)
+  ev.run(v)
+  qf, gf = ev.features(v)
+  assert len(ev.kept.rows) == 0
+  assert len(ev.kept.tsne_index) == 25
+  np.testing.assert_array_equal(ev.kept.tsne_features,
+                                np.concatenate([qf, gf])[ev.kept.tsne_index])
+  pictures = ev.images()
+  assert sorted(pictures) == ['tsne/retrieval/camera',
+                              'tsne/retrieval/identity']
+  for picture in pictures.values():
+    assert picture.shape == (800, 800, 3) and picture.dtype == np.uint8
+
+
+class _Pictured(_Fixed):
+
+  def __init__(self, pictures):
+    super().__init__({})
+    self.pictures = pictures
+
+  def images(self):
+    if isinstance(self.pictures, Exception):
+      raise self.pictures
+    return self.pictures
+
+
+def test_write_images_hands_every_picture_to_the_writer_and_survives_errors():
+  written = []
+
+  class Writer:
+
+    def image(self, tag, step, image):
+      written.append((tag, step, image.shape))
+
+  picture = np.zeros((4, 6, 3), np.uint8)
+  evs = {'a': _Pictured({'ranklist/a/0': picture, 'ranklist/a/1': picture}),
+         'gone': _Pictured(OSError('q.jpg: no such file')),
+         'b': _Fixed({'mAP': 0.5})}
+  tags = evaluator.write_images(evs, Writer(), 12)
+  assert tags == ['ranklist/a/0', 'ranklist/a/1']
+  assert written == [('ranklist/a/0', 12, (4, 6, 3)),
+                     ('ranklist/a/1', 12, (4, 6, 3))]
