@@ -19,19 +19,8 @@
 #   XLA_PYTHON_CLIENT_MEM_FRACTION  passes through (JAX's default: 0.75)
 set -euo pipefail
 
-die() { echo "gpu.sh: $*" >&2; exit 2; }
-
-quote() {
-  local out=() a
-  for a in "$@"; do
-    if [[ -n $a && $a =~ ^[A-Za-z0-9_./:=,@%+-]+$ ]]; then
-      out+=("$a")
-    else
-      out+=("'${a//\'/\'\\\'\'}'")
-    fi
-  done
-  echo "${out[*]}"
-}
+# die, quote
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 DRY=${DRY_RUN:-0}
 PYTHON=${PYTHON:-python}

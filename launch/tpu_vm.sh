@@ -25,20 +25,8 @@
 # jreid call it also on a one-worker slice.
 set -euo pipefail
 
-die() { echo "tpu_vm.sh: $*" >&2; exit 2; }
-
-# Shell-quotes each argument only when it needs it (readable, copy-pastable).
-quote() {
-  local out=() a
-  for a in "$@"; do
-    if [[ -n $a && $a =~ ^[A-Za-z0-9_./:=,@%+-]+$ ]]; then
-      out+=("$a")
-    else
-      out+=("'${a//\'/\'\\\'\'}'")
-    fi
-  done
-  echo "${out[*]}"
-}
+# die, quote
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 TPU=${TPU_NAME:-}
 ZONE=${ZONE:-}

@@ -11,17 +11,11 @@ from jreid import registry
 from jreid.data.datasets import csv_list
 from jreid.data.datasets import folder
 from jreid.data.records import DatasetError
-
-
-def _touch(base, *names):
-  for n in names:
-    path = os.path.join(base, n)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    open(path, 'wb').close()
+import files_testlib
 
 
 def _folder_tree(root):
-  _touch(root, 'bounding_box_train/0012_c3s1_000100_01.jpg',
+  files_testlib.touch(root, 'bounding_box_train/0012_c3s1_000100_01.jpg',
          'bounding_box_train/0012_c5s2_000200_01.jpg',
          'bounding_box_train/0400_c9_free_text.png',
          'bounding_box_train/-1_c3_junk.jpg', 'bounding_box_train/notes.txt',
@@ -60,7 +54,7 @@ def test_folder_with_num_cams_keeps_market_numbering(tmp_path):
 
 
 def test_folder_other_split_names_and_sub_folders(tmp_path):
-  _touch(str(tmp_path), 'train/12/0012_c1_a.jpg', 'probe/0003_c2_b.jpg',
+  files_testlib.touch(str(tmp_path), 'train/12/0012_c1_a.jpg', 'probe/0003_c2_b.jpg',
          'gallery/0003_c1_c.jpg')
   kwargs = dict(train_dir='train', query_dir='probe', gallery_dir='gallery')
   with pytest.raises(DatasetError, match='train holds no image files'):
@@ -72,7 +66,7 @@ def test_folder_other_split_names_and_sub_folders(tmp_path):
 
 def test_folder_unparsable_name_names_the_file(tmp_path):
   _folder_tree(str(tmp_path))
-  _touch(str(tmp_path), 'query/IMG_0001.jpg')
+  files_testlib.touch(str(tmp_path), 'query/IMG_0001.jpg')
   with pytest.raises(DatasetError) as e:
     folder.load(str(tmp_path))
   assert 'IMG_0001.jpg' in str(e.value)
@@ -81,7 +75,7 @@ def test_folder_unparsable_name_names_the_file(tmp_path):
 
 
 def test_folder_missing_split_folder_lists_what_is_there(tmp_path):
-  _touch(str(tmp_path), 'bounding_box_train/0001_c1_a.jpg', 'query/x.jpg')
+  files_testlib.touch(str(tmp_path), 'bounding_box_train/0001_c1_a.jpg', 'query/x.jpg')
   with pytest.raises(DatasetError) as e:
     folder.load(str(tmp_path))
   for part in ('lacks the split folder(s) bounding_box_test',
@@ -102,7 +96,7 @@ def _csv(path, *lines):
 
 @pytest.fixture
 def csv_tree(tmp_path):
-  _touch(str(tmp_path), 'imgs/b.jpg', 'imgs/a.jpg', 'imgs/c.jpg', 'imgs/d.jpg',
+  files_testlib.touch(str(tmp_path), 'imgs/b.jpg', 'imgs/a.jpg', 'imgs/c.jpg', 'imgs/d.jpg',
          'imgs/e.jpg', 'other/f.jpg')
   outside = str(tmp_path / 'other' / 'f.jpg')
   path = _csv(tmp_path / 'list.csv',

@@ -8,20 +8,14 @@ import subprocess
 import sys
 
 from jreid.tools import check_data
+import files_testlib
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
 SUPERVISED = 'jreid_configs/supervised.py'
 
 
-def _touch(base, *names):
-  for n in names:
-    path = os.path.join(base, n)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    open(path, 'wb').close()
-
-
 def _market_tree(root):
-  _touch(root, 'bounding_box_train/0002_c1s1_000451_03.jpg',
+  files_testlib.touch(root, 'bounding_box_train/0002_c1s1_000451_03.jpg',
          'bounding_box_train/0002_c2s1_000551_01.jpg',
          'bounding_box_train/0007_c3s1_000100_01.jpg',
          'query/0002_c5s1_000800_00.jpg',
@@ -67,7 +61,7 @@ def test_cli_on_the_synthetic_set(tmp_path):
 
 
 def test_custom_folder_dataset(tmp_path):
-  _touch(str(tmp_path), 'bounding_box_train/0010_c2_a.jpg',
+  files_testlib.touch(str(tmp_path), 'bounding_box_train/0010_c2_a.jpg',
          'bounding_box_train/0010_c4_b.jpg', 'bounding_box_train/0011_c4_c.jpg',
          'query/0020_c2_d.jpg', 'bounding_box_test/0020_c7_e.jpg',
          'bounding_box_test/-1_c2_f.jpg')
@@ -106,7 +100,7 @@ def test_msmt_variant(tmp_path):
            'list_query.txt': (test, '0/0000_000_07_0113m_0001_0.jpg 0'),
            'list_gallery.txt': (test, '0/0000_004_02_0113n_0003_0.jpg 0')}
   for name, (images, line) in lines.items():
-    _touch(str(folder / images), line.split()[0])
+    files_testlib.touch(str(folder / images), line.split()[0])
     (folder / name).write_text(line + '\n')
   status, out, err = _run(f'--config={SUPERVISED}:dataset=msmt17',
                           f'--config.data.root={tmp_path}',
