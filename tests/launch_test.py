@@ -17,6 +17,8 @@ import time
 import pytest
 
 from jreid import launch
+from jreid import launch_grid
+from jreid import launch_runner
 from jreid import train
 import train_testlib
 
@@ -224,18 +226,18 @@ def test_gpu_dry_run_and_run_pass_devices_flags_and_args(stubs):
 
 # ------------------------------------------------------------ sweep: the grid
 def test_expand_grid_is_the_cartesian_product_last_key_fastest():
-  grid = launch.parse_grid(['optim.lr=1e-3,3e-4', 'config.seed=0,1'])
-  assert launch.expand_grid(grid) == [
+  grid = launch_grid.parse_grid(['optim.lr=1e-3,3e-4', 'config.seed=0,1'])
+  assert launch_grid.expand_grid(grid) == [
       {'optim.lr': '1e-3', 'seed': '0'}, {'optim.lr': '1e-3', 'seed': '1'},
       {'optim.lr': '3e-4', 'seed': '0'}, {'optim.lr': '3e-4', 'seed': '1'}]
-  points = launch.expand_grid({'data.image_size': [(64, 32)],
-                               'optim.lr': [1e-3], 'ema.lr': [0.5]})
-  assert launch.point_names(points) == [
+  points = launch_grid.expand_grid({'data.image_size': [(64, 32)],
+                                    'optim.lr': [1e-3], 'ema.lr': [0.5]})
+  assert launch_grid.point_names(points) == [
       'image_size=64-32,optim.lr=0.001,ema.lr=0.5']
-  assert launch.override_flags(points[0]) == [
+  assert launch_grid.override_flags(points[0]) == [
       '--config.data.image_size=(64,32)', '--config.optim.lr=0.001',
       '--config.ema.lr=0.5']
-  assert launch.parse_grid(['data.image_size=(64,32),(32,16)']) == {
+  assert launch_grid.parse_grid(['data.image_size=(64,32),(32,16)']) == {
       'data.image_size': ['(64,32)', '(32,16)']}
 
 
@@ -257,14 +259,14 @@ def test_bad_grids_fail_before_any_run(tmp_path, monkeypatch, grid, words):
 
 def test_build_config_parses_like_jreid_main_and_copies(tmp_path):
   config = train_testlib.tiny_config(str(tmp_path))
-  built = launch.build_config(config, ['--config.optim.lr=0.5',
-                                       '--config.data.image_size=(64,32)',
-                                       '--config.data.kwargs.domain=1'])
+  built = launch_grid.build_config(config, ['--config.optim.lr=0.5',
+                                            '--config.data.image_size=(64,32)',
+                                            '--config.data.kwargs.domain=1'])
   assert built.optim.lr == 0.5 and built.data.image_size == (64, 32)
   assert built.data.kwargs.domain == 1  # A parser keyword, as in jreid.main.
   assert config.optim.lr != 0.5 and 'domain' not in config.data.kwargs
-  from_file = launch.build_config('jreid_configs/supervised.py:runlocal',
-                                  ['--config.seed=3'])
+  from_file = launch_grid.build_config(
+      'jreid_configs/supervised.py:runlocal', ['--config.seed=3'])
   assert from_file.seed == 3
 
 
@@ -285,7 +287,7 @@ def test_a_failing_point_is_a_row_and_the_others_still_run(
   assert bad['status'] == 'failed' and bad['mAP'] is None
   assert 'optim.lr' in bad['error'] and 'oops' in bad['error']
   assert good['status'] == 'done' and good['mAP'] == 0.25
-  table = launch.format_table(rows)
+  table = launch_runner.format_table(rows)
   assert 'failed' in table and '25.0' in table and 'oops' in table
 
 

@@ -23,34 +23,28 @@ know which rows to drop), which is an error at construction.
 With `rerank`, k-reciprocal re-ranking (`rerank_k1`, `rerank_k2`,
 `rerank_lambda`; default 20, 6, 0.3) replaces the plain distance.
 
-Pictures: a retrieval `run` on process 0 also keeps, from its own features
-and distances, what `images()` needs to draw `ranklist_images` rank lists
-(the distance rows of the queries `ranklist.pick_queries` picks, with
-re-ranking the very rows the metrics were computed from) and, with
-`tsne_images`, a t-SNE of at most `tsne_max_points` query + gallery
-features. Nothing is extracted twice, and the metrics do not change.
-`write_images(evaluators, writer, step)` draws them (decoding only the
-drawn queries' images) and hands them to the writer as
-`ranklist/<protocol>/<i>` and `tsne/<protocol>/{identity,camera}`.
+Pictures: with `ranklist_images` or `tsne_images`, a retrieval `run` on
+process 0 also keeps what `images()` needs to draw rank lists and a t-SNE,
+without changing the metrics; jreid.evaluation.eval_images keeps and draws
+them, and its `write_images(evaluators, writer, step)` (also importable
+from here) hands them to TensorBoard.
 """
 
 from __future__ import annotations
 
-import time
-from typing import Any, Iterable, Iterator, Mapping, NamedTuple
+from typing import Any, Mapping
 
-from absl import logging
-import jax
 import numpy as np
 
 from jreid import registry
-from jreid import tensorboard as tensorboard_lib
 from jreid.data import pipeline
 from jreid.data import records
 from jreid.evaluation import distance
+from jreid.evaluation import eval_images
 from jreid.evaluation import retrieval
-from jreid.tools import ranklist
-from jreid.tools import tsne as tsne_lib
+
+# train.py calls evaluator.write_images: the pictures' module owns it.
+write_images = eval_images.write_images
 
 # The protocols when config.evals.protocols is absent or empty: today's one.
 DEFAULT_PROTOCOLS = {'retrieval': {'type': 'retrieval'}}
@@ -92,23 +86,6 @@ class Evaluator:
     Drawn on demand, once: what the run kept for them is then released.
     """
     return {}
-
-
-class Kept(NamedTuple):
-  """What a retrieval run keeps for its pictures, on process 0.
-
-  Attributes:
-    rows: (n,) query indices of the rank lists (`ranklist.pick_queries`).
-    distances: (n, G) float32 distances of those queries to the whole
-      gallery (junk included), as the protocol ranks them.
-    tsne_index: (m,) rows of query + gallery (queries first) sampled for
-      the t-SNE (`tsne.sample`, seed 0), or None without `tsne_images`.
-    tsne_features: (m, D) their features, or None.
-  """
-  rows: np.ndarray
-  distances: np.ndarray
-  tsne_index: np.ndarray | None
-  tsne_features: np.ndarray | None
 
 
 def protocol_settings(evals, protocol: Mapping[str, Any] | None
@@ -155,7 +132,7 @@ class RetrievalEvaluator(Evaluator):
     # Replaced by the decoded subsets at the first in-memory run.
     self.query, self.gallery = dataset.query, dataset.gallery
     self.q_images = self.g_images = None
-    self.kept: Kept | None = None  # for `images`, set by `run`
+    self.kept: eval_images.Kept | None = None  # for `images`, set by `run`
 
   @classmethod
   def from_config(cls, name, protocol, config, datasets, extractor
@@ -200,23 +177,11 @@ class RetrievalEvaluator(Evaluator):
     qf, gf = self.features(variables)
     ev = self.settings
     self.kept = None
-    # Pictures are drawn by process 0 and shown in TensorBoard: elsewhere
-    # nothing is kept.
-    num = int(ev.get('ranklist_images', 0))
-    tsne = bool(ev.get('tsne_images', False))
-    if not ((num > 0 or tsne) and jax.process_index() == 0
-            and tensorboard_lib.available()):
+    if not eval_images.wanted(ev):
       return self.evaluate(qf, gf)
-    rows = ranklist.pick_queries(len(qf), max(num, 0))
+    rows = eval_images.ranklist_rows(len(qf), ev)
     metrics, dist = _score(qf, gf, self.query, self.gallery, ev, rows)
-    index = features = None
-    if tsne:
-      index = tsne_lib.sample(len(qf) + len(gf),
-                              int(ev.get('tsne_max_points', 1000)), seed=0)
-      q = index < len(qf)  # without concatenating all the features
-      features = np.concatenate([np.asarray(qf)[index[q]],
-                                 np.asarray(gf)[index[~q] - len(qf)]])
-    self.kept = Kept(rows, dist, index, features)
+    self.kept = eval_images.keep(qf, gf, rows, dist, ev)
     return metrics
 
   def evaluate(self, qf: np.ndarray, gf: np.ndarray) -> dict[str, float]:
@@ -228,28 +193,8 @@ class RetrievalEvaluator(Evaluator):
     kept, self.kept = self.kept, None
     if kept is None:
       return {}
-    ev = self.settings
-    out = {}
-    pictures = ranklist.pictures(
-        kept.distances, kept.rows, self.query, self.gallery,
-        top=int(ev.get('ranklist_top', 10)),
-        image_size=tuple(self.config.data.image_size))
-    for i, picture in enumerate(pictures):
-      out[f'ranklist/{self.name}/{i}'] = np.asarray(picture.convert('RGB'))
-    if kept.tsne_index is not None:
-      both = lambda a, b: np.concatenate([a, b])[kept.tsne_index]
-      # One thread: the loop's host is busy (input pipeline, XLA), and
-      # scikit-learn's spinning OpenMP threads are then many times slower.
-      xy = tsne_lib.embed(kept.tsne_features, seed=0, num_threads=1)
-      pictures = tsne_lib.pictures(
-          xy, {'identity': both(self.query.pids, self.gallery.pids),
-               'camera': both(self.query.camids, self.gallery.camids)},
-          total=len(self.query) + len(self.gallery),
-          title=f'{self.name} query + gallery')
-      for colouring, picture in pictures.items():
-        out[f'tsne/{self.name}/{colouring}'] = np.asarray(
-            picture.convert('RGB'))
-    return out
+    return eval_images.draw(kept, self.name, self.query, self.gallery,
+                            self.settings, self.config.data.image_size)
 
 
 def _fields(split: records.Split) -> dict[str, np.ndarray]:
@@ -292,7 +237,7 @@ def _score(qf, gf, query, gallery, ev, rows: np.ndarray | None = None
         lambda_value=float(ev.get('rerank_lambda', 0.3)))
     if rows is not None:
       dist = np.zeros((len(rows), len(gf)), np.float32)
-      blocks = _keep_rows(blocks, np.asarray(rows), dist)
+      blocks = eval_images.keep_rows(blocks, np.asarray(rows), dist)
     metrics = retrieval.evaluate_blocks(blocks, query.pids, gallery.pids,
                                         query.camids, gallery.camids,
                                         max_rank=max_rank)
@@ -307,17 +252,6 @@ def _score(qf, gf, query, gallery, ev, rows: np.ndarray | None = None
         dist = np.asarray(distance.pairwise_distance(
             np.asarray(qf)[np.asarray(rows)], gf, metric=metric))
   return summarize(metrics), dist
-
-
-def _keep_rows(blocks: Iterable[tuple[int, np.ndarray]], rows: np.ndarray,
-               out: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
-  """Passes (start, block) blocks through, copying query rows `rows` into
-  `out` on the way."""
-  for start, block in blocks:
-    block = np.asarray(block)
-    inside = (rows >= start) & (rows < start + len(block))
-    out[inside] = block[rows[inside] - start]
-    yield start, block
 
 
 def build(config, datasets, extractor) -> dict[str, Evaluator]:
@@ -364,31 +298,6 @@ def build(config, datasets, extractor) -> dict[str, Evaluator]:
     evaluators[name] = cls.from_config(name, protocol, config, datasets,
                                        extractor)
   return evaluators
-
-
-def write_images(evaluators: Mapping[str, Evaluator], writer, step: int
-                 ) -> list[str]:
-  """Draws every protocol's pictures of its last run: `writer.image(tag,
-  step, picture)`; returns the tags.
-
-  A picture that cannot be drawn (an image file gone, scikit-learn missing)
-  is a warning, not the end of the run.
-  """
-  t0, tags = time.perf_counter(), []
-  for name, ev in evaluators.items():
-    try:
-      pictures = ev.images()
-    except (OSError, ValueError, ImportError) as e:
-      logging.warning('evaluation pictures of %s at step %d not drawn: %s',
-                      name, step, e)
-      continue
-    for tag, picture in pictures.items():
-      writer.image(tag, step, picture)
-      tags.append(tag)
-  if tags:
-    logging.info('step %d: %d evaluation pictures to TensorBoard (%.1f s)',
-                 step, len(tags), time.perf_counter() - t0)
-  return tags
 
 
 def run_all(evaluators: Mapping[str, Evaluator], variables

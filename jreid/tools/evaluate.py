@@ -6,8 +6,8 @@ r"""Evaluate a run's checkpoint, never training: python -m jreid.tools.evaluate.
   python -m jreid.tools.evaluate --workdir=runs/bot_market \
       --datasets=market1501,dukemtmc --roots=dukemtmc=/datasets
 
-The run is rebuilt from its workdir (jreid.tools.extractor: config.json, the
-method, the checkpoint `--step`: newest, best or a step number). Without
+The run is rebuilt from its workdir (jreid.tools.run_loader: config.json,
+the method, the checkpoint `--step`: newest, best or a step number). Without
 `--datasets` the run's own protocols (config.evals.protocols) are evaluated
 exactly as the loop evaluates them; with it, one retrieval protocol per
 named dataset: a dataset of the run (config.data.name or a
@@ -36,7 +36,6 @@ table is printed, and into `--out` (default
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import sys
@@ -46,14 +45,13 @@ from absl import app
 from absl import flags
 from absl import logging
 import jax
-import numpy as np
 
 from jreid import paths
 from jreid import registry
 from jreid.data import records
 from jreid.evaluation import evaluator as evaluator_lib
 from jreid.tools import extractor as extractor_lib
-from jreid.tools import ranklist
+from jreid.tools import run_loader
 from jreid.tools import tsne as tsne_lib
 
 TSNE_MODES = ('', 'test', 'train')
@@ -112,7 +110,7 @@ def parse_roots(items: Sequence[str]) -> dict[str, str]:
 def _check_names(config, datasets: Sequence[str], roots: Mapping[str, str]
                  ) -> tuple[dict[str, str], dict[str, str]]:
   """Checks --datasets and --roots; splits roots into (the run's, others)."""
-  own = extractor_lib.dataset_keys(config)
+  own = run_loader.dataset_keys(config)
   known = registry.names('dataset')
   for name in datasets:
     if name not in own and name not in known:
@@ -173,77 +171,7 @@ def format_table(name: str, metrics: Mapping[str, float], note: str) -> str:
   return f'{name}: {note}\n{head}\n{row}'
 
 
-def _features_npz(path: str, qf, gf, query, gallery) -> None:
-  # A zip is written with seeks, which object-store files lack: for a URL
-  # it is built in memory and uploaded whole.
-  remote = paths.is_remote(path)
-  target = io.BytesIO() if remote else path
-  np.savez(target, query_features=qf.astype(np.float32),
-           gallery_features=gf.astype(np.float32),
-           query_paths=np.asarray(query.paths, dtype=str),
-           gallery_paths=np.asarray(gallery.paths, dtype=str),
-           query_ids=query.pids.astype(np.int32),
-           gallery_ids=gallery.pids.astype(np.int32),
-           query_cameras=query.camids.astype(np.int32),
-           gallery_cameras=gallery.camids.astype(np.int32))
-  if remote:
-    paths.write_atomic(path, target.getvalue())
-
-
-def _retrieval(name: str, ev, variables, out: str, *, ranklists: int,
-               ranklist_top: int, save_features: bool, tsne: bool,
-               tsne_max_points: int, step: int):
-  """(metrics, info) of one retrieval protocol, and its files under `out`
-  ('' on processes other than 0: none)."""
-  qf, gf = ev.features(variables)
-  metrics = ev.evaluate(qf, gf)  # the loop's own scoring, settings and all
-  info: dict[str, Any] = dict(
-      dataset=ev.dataset.name, root=ev.dataset.root,
-      num_query=len(ev.query), num_gallery=len(ev.gallery))
-  if not out:
-    return metrics, info
-  if save_features:
-    info['features'] = paths.join(out, f'features_{name}.npz')
-    _features_npz(info['features'], qf, gf, ev.query, ev.gallery)
-  if ranklists:
-    info['ranklists'] = ranklist.write_ranklists(
-        qf, gf, ev.query, ev.gallery, ev.settings,
-        os.path.join(out, 'ranklists', name), num=ranklists,
-        top=ranklist_top, image_size=ev.config.data.image_size)
-  if tsne:
-    info['tsne'] = tsne_lib.plot_tsne(
-        np.concatenate([qf, gf]), os.path.join(out, 'tsne'),
-        ids=np.concatenate([ev.query.pids, ev.gallery.pids]),
-        cameras=np.concatenate([ev.query.camids, ev.gallery.camids]),
-        prefix=name, max_points=tsne_max_points,
-        title=f'{name} query + gallery, step {step}').paths
-  return metrics, info
-
-
-def _train_tsne(run, test_extractor, out_dir: str, max_points: int,
-                write: bool) -> dict[str, str]:
-  """t-SNE of (a sample of) the train split, with the run's pseudo labels."""
-  train = run.method.train
-  index = tsne_lib.sample(len(train), max_points, seed=0)
-  # Only the sampled images are decoded.
-  feats = test_extractor.from_paths(run.variables, list(train.paths[index]),
-                                    tuple(run.config.data.image_size))
-  labels = None
-  extra = run.state.extra
-  if isinstance(extra, Mapping) and 'labels' in extra:
-    all_labels = np.asarray(jax.device_get(extra['labels']))
-    if all_labels.shape == (len(train),):
-      labels = all_labels[index]
-  if not write:
-    return {}
-  return tsne_lib.plot_tsne(feats, out_dir, ids=train.pids[index],
-                            cameras=train.camids[index],
-                            pseudo_labels=labels, prefix='train',
-                            max_points=max_points, title=f'train, step '
-                            f'{run.step}').paths
-
-
-def evaluate(workdir: str, *, step: extractor_lib.Step = 'newest',
+def evaluate(workdir: str, *, step: run_loader.Step = 'newest',
              datasets: Sequence[str] = (),
              roots: Mapping[str, str] | None = None,
              rerank: bool | None = None, flip: bool | None = None,
@@ -270,9 +198,9 @@ def evaluate(workdir: str, *, step: extractor_lib.Step = 'newest',
     raise ValueError(f'--ranklists and --tsne write PNGs to a local folder; '
                      f'{out or workdir} is a URL: give a local --out')
   run_roots, other_roots = _check_names(
-      extractor_lib.load_config(workdir), datasets, dict(roots or {}))
-  run = extractor_lib.load_run(workdir, step, roots=run_roots,
-                               num_devices=num_devices)
+      run_loader.load_config(workdir), datasets, dict(roots or {}))
+  run = run_loader.load_run(workdir, step, roots=run_roots,
+                            num_devices=num_devices)
   config = run.config
   explicit_rerank = rerank
   if flip is not None:
@@ -295,7 +223,7 @@ def evaluate(workdir: str, *, step: extractor_lib.Step = 'newest',
              'rerank': rerank, 'out': out, 'results': {}, 'sets': {}}
   for name, ev in evaluators.items():
     if isinstance(ev, evaluator_lib.RetrievalEvaluator):
-      metrics, info = _retrieval(
+      metrics, info = extractor_lib.extract_retrieval(
           name, ev, variables, out if write else '', ranklists=ranklists,
           ranklist_top=ranklist_top, save_features=save_features,
           tsne=tsne == 'test', tsne_max_points=tsne_max_points,
@@ -313,9 +241,9 @@ def evaluate(workdir: str, *, step: extractor_lib.Step = 'newest',
     summary['results'][name] = {k: float(v) for k, v in metrics.items()}
     summary['sets'][name] = info
   if tsne == 'train':  # extracted on every process, drawn by process 0
-    summary['train_tsne'] = _train_tsne(run, test_extractor,
-                                        os.path.join(out, 'tsne'),
-                                        tsne_max_points, write)
+    summary['train_tsne'] = extractor_lib.train_tsne(
+        run, test_extractor, os.path.join(out, 'tsne'), tsne_max_points,
+        write)
   path = paths.join(out, 'evaluation.json')
   if write:
     paths.write_atomic(path, json.dumps(summary, indent=2))

@@ -15,6 +15,7 @@ from jreid.data import pipeline
 from jreid.data import records
 from jreid.data.datasets import synthetic
 from jreid.evaluation import distance
+from jreid.evaluation import eval_images
 from jreid.evaluation import evaluator
 from jreid.evaluation import extract
 from jreid.evaluation import rerank
@@ -366,7 +367,7 @@ def test_write_images_hands_every_picture_to_the_writer_and_survives_errors():
   evs = {'a': _Pictured({'ranklist/a/0': picture, 'ranklist/a/1': picture}),
          'gone': _Pictured(OSError('q.jpg: no such file')),
          'b': _Fixed({'mAP': 0.5})}
-  tags = evaluator.write_images(evs, Writer(), 12)
+  tags = eval_images.write_images(evs, Writer(), 12)
   assert tags == ['ranklist/a/0', 'ranklist/a/1']
   assert written == [('ranklist/a/0', 12, (4, 6, 3)),
                      ('ranklist/a/1', 12, (4, 6, 3))]

@@ -25,6 +25,7 @@ from jreid.data import pipeline
 from jreid.tools import evaluate
 from jreid.tools import extractor as extractor_lib
 from jreid.tools import ranklist
+from jreid.tools import run_loader
 import train_testlib
 
 METRICS = ('mAP', 'rank1', 'rank5', 'rank10', 'mINP')
@@ -66,7 +67,7 @@ def _evaluation(out):
 
 
 def _test_splits(run_dir):
-  config = extractor_lib.load_config(run_dir)
+  config = run_loader.load_config(run_dir)
   dataset = pipeline.load_dataset(config)
   return config, dataset.query, dataset.gallery
 
@@ -168,20 +169,20 @@ def test_step_picks_that_checkpoint_and_its_evaluation(run_dir):
 
 def test_best_is_the_best_epochs_step(run_dir, monkeypatch):
   best = (_results(run_dir)['best_epoch'] + 1) * 3
-  assert extractor_lib.resolve_step(run_dir, 'best', lambda: 3) == best
-  # Without checkpointing.best_step: results.json's best epoch.
-  monkeypatch.delattr(checkpointing, 'best_step', raising=False)
-  assert extractor_lib.resolve_step(run_dir, 'best', lambda: 3) == best
+  assert run_loader.resolve_step(run_dir, 'best', lambda: 3) == best
+  # No kept checkpoint records the metric: results.json's best epoch.
+  monkeypatch.setattr(checkpointing, 'best_step', lambda workdir: None)
+  assert run_loader.resolve_step(run_dir, 'best', lambda: 3) == best
 
 
 def test_best_epoch_not_kept_is_a_clear_error(tmp_path, monkeypatch):
-  monkeypatch.delattr(checkpointing, 'best_step', raising=False)
+  monkeypatch.setattr(checkpointing, 'best_step', lambda workdir: None)
   for step in (4, 6):
     os.makedirs(tmp_path / 'checkpoints' / str(step))
   (tmp_path / 'results.json').write_text(json.dumps({'best_epoch': 0}))
   with pytest.raises(FileNotFoundError,
                      match=r'epoch 0 \(step 2\).*kept steps: \[4, 6\]'):
-    extractor_lib.resolve_step(str(tmp_path), 'best', lambda: 2)
+    run_loader.resolve_step(str(tmp_path), 'best', lambda: 2)
 
 
 def test_mistakes_are_clear_errors_before_any_work(run_dir, tmp_path):
@@ -243,9 +244,8 @@ def test_train_tsne_samples_and_uses_the_runs_pseudo_labels(extractor,
   run = dataclasses.replace(run, state=run.state.replace(
       extra={'labels': labels}))
   with threadpoolctl.threadpool_limits(1):
-    # pylint: disable-next=protected-access
-    paths = evaluate._train_tsne(run, run.extractor(), str(tmp_path),
-                                 max_points=40, write=True)
+    paths = extractor_lib.train_tsne(run, run.extractor(), str(tmp_path),
+                                     max_points=40, write=True)
   assert sorted(paths) == ['camera', 'identity', 'pseudo_label']
   with Image.open(paths['pseudo_label']) as im:
     assert im.size == (800, 800)
