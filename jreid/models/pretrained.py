@@ -3,9 +3,10 @@
 Files are read from local paths only (nothing downloads):
 
 * `.safetensors` and `.npz`: read with safetensors / numpy, no torch needed.
-* `.pth`, `.pth.tar`, `.pt`: read with `torch.load(map_location='cpu')` when
-  torch is importable (it is optional); a 'state_dict' entry and a 'module.'
-  key prefix (DataParallel checkpoints) are unwrapped.
+* `.pth`, `.pth.tar`, `.pt`: read by `torch_pickle` (both torch.save formats,
+  zip and legacy), no torch needed and nothing in the file executed; a
+  'state_dict' or 'model' entry and a 'module.' key prefix (DataParallel
+  checkpoints) are unwrapped.
 
 Keys follow torchvision (`conv1.weight` (O, I, kh, kw), `bn1.weight`,
 `bn1.running_mean`, `layer1.0.conv1.weight`, `layer1.0.downsample.1.bias`,
@@ -68,6 +69,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jreid.models import resnet
+from jreid.models import torch_pickle
 
 # A path of keys under 'params' / 'batch_stats'; a str 'a/b' means ('a', 'b').
 Prefix = Union[tuple[str, ...], str]
@@ -242,14 +244,10 @@ def _read_raw(path: str) -> Mapping[str, Any]:
       raise ValueError(f'not an .npz (zip) archive; it starts with {head!r}')
     with np.load(path) as f:
       return {k: f[k] for k in f.files}
-  import torch  # pylint: disable=g-import-not-at-top
-  obj = torch.load(path, map_location='cpu')
-  if isinstance(obj, Mapping) and 'state_dict' in obj:
-    obj = obj['state_dict']
-  if not isinstance(obj, Mapping):
-    raise ValueError(f'{type(obj).__name__} is not a state dict')
-  return {k: v.detach().float().numpy() for k, v in obj.items()
-          if hasattr(v, 'detach')}
+  # torch.load is not used even where torch is installed: torch_pickle reads
+  # both formats torch.save writes, the same way everywhere, and never runs
+  # code named in the file.
+  return torch_pickle.load_state_dict(path)
 
 
 def read_state_dict(path: str) -> dict[str, np.ndarray]:
@@ -259,10 +257,10 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
 
   Raises:
     FileNotFoundError: `path` is not a file.
-    ValueError: an unknown suffix, torch needed but missing, or a file that
-      cannot be parsed as its suffix says (the message names the path, not
-      just the parser's complaint: numpy, given a text file named .npz,
-      would say it holds pickled data).
+    ValueError: an unknown suffix, or a file that cannot be parsed as its
+      suffix says (the message names the path, not just the parser's
+      complaint: numpy, given a text file named .npz, would say it holds
+      pickled data).
   """
   path = os.fspath(path)
   if not os.path.isfile(path):
@@ -271,16 +269,11 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
                         '.tar')):
     raise ValueError(f'unknown weights format {path!r}: expected .safetensors, '
                      '.npz, .pth or .pth.tar')
-  if not path.endswith(('.safetensors', '.npz')):
-    try:
-      import torch  # pylint: disable=g-import-not-at-top,unused-import
-    except ImportError:
-      raise ValueError(
-          f'reading {path!r} needs PyTorch, which is not installed; install '
-          'torch or convert the file once to .safetensors / .npz with '
-          '`safetensors.torch.save_file(torch.load(path), out)`') from None
   try:
     raw = _read_raw(path)
+  except torch_pickle.CheckpointError as e:  # Its message names the path too.
+    raise ValueError(f'cannot read pretrained weights {path!r} as '
+                     f'{os.path.splitext(path)[1]}: {e.reason}') from e
   except ValueError as e:
     raise ValueError(f'cannot read pretrained weights {path!r} as '
                      f'{os.path.splitext(path)[1]}: {e}') from e

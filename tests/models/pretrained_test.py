@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib
-import importlib.util
+import io
+import os
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +19,7 @@ from jreid.models import export_torchvision
 from jreid.models import load_pretrained
 from jreid.models import pretrained
 from jreid.models import resnet
+from jreid.tools import convert_weights
 
 X = jnp.asarray(np.random.default_rng(0).normal(size=(2, 32, 16, 3)),
                 jnp.float32)
@@ -174,23 +177,93 @@ def test_file_errors(r18, tmp_path):
     export_torchvision(fresh, str(tmp_path / 'out.pth'))
 
 
-@pytest.mark.skipif(importlib.util.find_spec('torch') is not None,
-                    reason='torch is installed')
-def test_pth_without_torch_says_how_to_convert(r18, tmp_path):
-  _, _, fresh = r18
-  pth = tmp_path / 'resnet50_ibn_a.pth.tar'
-  pth.write_bytes(b'not really a checkpoint')
-  with pytest.raises(ValueError, match='needs PyTorch'):
-    load_pretrained(fresh, str(pth), arch='resnet18')
+FIXTURES = os.path.join(os.path.dirname(__file__), 'fixtures')
+# Written by torch (fixtures/make_torch_fixtures.py): resnet18's torchvision
+# keys, fc and num_batches_tracked included, the float tensor of the i-th
+# key in sorted order holding i / 64 everywhere.
+EXPANDED = os.path.join(FIXTURES, 'resnet18_expanded.pth')
 
 
-def test_pth_with_torch(r18, tmp_path):
+def _zeros_r18():
+  """ReIDNet(resnet18, width 64) variables, zeros, without compiling."""
+  model = build_model({'name': 'resnet18', 'width': 64}, 5)
+  return jax.tree.map(
+      lambda s: np.zeros(s.shape, np.float32),
+      jax.eval_shape(lambda: model.init({'params': jax.random.key(0)}, X,
+                                        train=False)))
+
+
+def _assert_expanded(loaded, zeros):
+  keys = sorted([*pretrained._arch_shapes('resnet18'), 'fc.bias', 'fc.weight'])
+  for k, v in pretrained.torchvision_state(loaded).items():
+    np.testing.assert_array_equal(v, keys.index(k) / 64, err_msg=k)
+  for c in ('params', 'batch_stats'):  # The head keeps its init.
+    _assert_trees_equal(loaded[c]['head'], zeros[c]['head'])
+
+
+def test_pth_without_torch(tmp_path, monkeypatch):
+  monkeypatch.setitem(sys.modules, 'torch', None)  # `import torch` fails.
+  zeros = _zeros_r18()
+  _assert_expanded(load_pretrained(zeros, EXPANDED, arch='resnet18'), zeros)
+  with open(EXPANDED, 'rb') as f:
+    data = f.read()
+  for name, content, reason in (
+      ('cut.pth', data[:len(data) // 2], 'truncated'),
+      ('resnet50_ibn_a.pth.tar', b'not really a checkpoint',
+       'not a PyTorch checkpoint')):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(ValueError) as e:
+      load_pretrained(zeros, str(path), arch='resnet18')
+    msg = str(e.value)
+    assert msg.startswith(f'cannot read pretrained weights {str(path)!r} as '
+                          f'{os.path.splitext(name)[1]}: ')
+    assert reason in msg and msg.count(str(path)) == 1
+
+
+@pytest.mark.parametrize('suffix', ['safetensors', 'npz'])
+def test_convert_weights_round_trip(tmp_path, monkeypatch, suffix):
+  monkeypatch.setitem(sys.modules, 'torch', None)
+  out = str(tmp_path / f'r18.{suffix}')
+  printed = io.StringIO()
+  assert convert_weights.run(['convert_weights', EXPANDED, out,
+                              '--arch=resnet18'], out=printed) == 0
+  lines = printed.getvalue().splitlines()
+  assert lines[-2:] == ['122 tensors, 11,699,132 values', f'wrote {out}']
+  assert any(l.split()[:3] == ['fc.weight', '(1000,', '512)'] for l in lines)
+  zeros = _zeros_r18()
+  loaded = load_pretrained(zeros, out, arch='resnet18')
+  _assert_expanded(loaded, zeros)
+  _assert_trees_equal(loaded, load_pretrained(zeros, EXPANDED,
+                                              arch='resnet18'))
+
+
+def test_convert_weights_errors(tmp_path):
+  err = io.StringIO()
+  out = str(tmp_path / 'r34.npz')
+  assert convert_weights.run(['c', EXPANDED, out, '--arch=resnet34'],
+                             out=io.StringIO(), err=err) == 1
+  assert f"{EXPANDED!r} do not match 'resnet34'" in err.getvalue()
+  assert not os.listdir(tmp_path)  # Nothing written, not even a temp file.
+  for args, message in (
+      ([EXPANDED, str(tmp_path / 'r18.pth')], 'must end in .safetensors'),
+      ([str(tmp_path / 'none.pth'), out], 'none.pth'),
+      ([EXPANDED, out, '--arch=resnet19'], "unknown backbone 'resnet19'")):
+    err = io.StringIO()
+    assert convert_weights.run(['c'] + args, out=io.StringIO(), err=err) == 1
+    assert message in err.getvalue()
+
+
+@pytest.mark.parametrize('zipped', [True, False])
+def test_pth_with_torch(r18, tmp_path, zipped):
+  """A checkpoint torch writes now, read by torch_pickle (not torch)."""
   torch = pytest.importorskip('torch')
   _, src, fresh = r18
-  state = {'module.' + k: torch.from_numpy(v)
+  state = {'module.' + k: torch.tensor(v)
            for k, v in pretrained.torchvision_state(src).items()}
   path = tmp_path / 'ckpt.pth.tar'
-  torch.save({'state_dict': state, 'epoch': 3}, str(path))
+  torch.save({'state_dict': state, 'epoch': 3}, str(path),
+             _use_new_zipfile_serialization=zipped)
   loaded = load_pretrained(fresh, str(path), arch='resnet18')
   _assert_trees_equal(loaded['params']['backbone'],
                       src['params']['backbone'])
