@@ -408,7 +408,8 @@ import signal, sys, time
 got = []
 signal.signal(signal.SIGTERM, lambda *_: got.append(1))
 print('started', flush=True)
-while not got:
+deadline = time.monotonic() + 120  # never outlive a failed test
+while not got and time.monotonic() < deadline:
   time.sleep(0.05)
 time.sleep(0.5)
 if len(got) > 1:
