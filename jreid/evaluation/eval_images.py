@@ -126,8 +126,11 @@ def write_images(evaluators: Mapping[str, Any], writer, step: int
   """
   t0, tags = time.perf_counter(), []
   for name, ev in evaluators.items():
+    draw = getattr(ev, 'images', None)  # a user's evaluator may not draw
+    if draw is None:
+      continue
     try:
-      pictures = ev.images()
+      pictures = draw()
     except (OSError, ValueError, ImportError) as e:
       logging.warning('evaluation pictures of %s at step %d not drawn: %s',
                       name, step, e)
