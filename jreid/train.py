@@ -66,8 +66,10 @@ def _steps_per_epoch(config, method) -> int:
   return n
 
 
-def _init_state(config, method, mesh, num_train):
-  """Shapes first: abstract state -> shardings -> jitted init on the mesh."""
+def state_shapes(config, method, mesh, num_train):
+  """(init, seed_key, abstract state, shardings): the state as the loop
+  declares it, without building it (tools that restore a checkpoint need
+  only the shapes and shardings)."""
 
   def init(seed_key):
     init_key, run_key = jax.random.split(seed_key)
@@ -89,6 +91,13 @@ def _init_state(config, method, mesh, num_train):
       batch_stats=jax.tree.map(lambda _: rep, abstract.batch_stats),
       opt_state=jax.tree.map(lambda _: rep, abstract.opt_state),
       extra=method.extra_shardings(mesh, abstract.extra))
+  return init, seed_key, abstract, shardings
+
+
+def _init_state(config, method, mesh, num_train):
+  """Shapes first: abstract state -> shardings -> jitted init on the mesh."""
+  init, seed_key, abstract, shardings = state_shapes(config, method, mesh,
+                                                     num_train)
   state = jax.jit(init, out_shardings=shardings)(seed_key)
   return state, abstract, shardings
 

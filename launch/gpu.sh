@@ -19,7 +19,7 @@
 #   XLA_PYTHON_CLIENT_MEM_FRACTION  passes through (JAX's default: 0.75)
 set -euo pipefail
 
-# die, quote
+# usage, die, quote
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 DRY=${DRY_RUN:-0}
@@ -30,7 +30,7 @@ while (($#)); do
   case $1 in
     --gpus=*) export CUDA_VISIBLE_DEVICES=${1#*=} ;;
     --dry-run) DRY=1 ;;
-    -h|--help) sed -n '2,/^set -e/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) usage ;;
     --) shift; args+=("$@"); break ;;
     *) args+=("$1") ;;
   esac

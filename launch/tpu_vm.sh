@@ -25,7 +25,7 @@
 # jreid call it also on a one-worker slice.
 set -euo pipefail
 
-# die, quote
+# usage, die, quote
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 TPU=${TPU_NAME:-}
@@ -50,7 +50,7 @@ while (($#)); do
     --install) INSTALL=1 ;;
     --detach) DETACH=1 ;;
     --dry-run) DRY=1 ;;
-    -h|--help) sed -n '2,/^set -e/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) usage ;;
     --) shift; args+=("$@"); break ;;
     *) args+=("$1") ;;
   esac

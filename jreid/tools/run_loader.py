@@ -8,7 +8,7 @@ its ml_collections config (`load_config`; `set_roots` when its datasets
 moved); the method is constructed as train.py's set-up does (its train
 records parsed, no image decoded: a method's state, e.g. a memory bank or
 pseudo labels, is shaped by them); the state's shapes and shardings come
-from `train._init_state`; `resolve_step` chooses the checkpoint ('newest',
+from `train.state_shapes`; `resolve_step` chooses the checkpoint ('newest',
 'best' or a kept step number) and `checkpointing.Checkpointer` restores it
 into them. jreid.tools.extractor and jreid.tools.evaluate read runs so.
 """
@@ -274,11 +274,9 @@ def load_run(workdir: str, step: Step = 'newest', *,
   datasets, method = _build_method(config)
   if step == 'best':
     chosen = resolve_step(workdir, step, lambda: method.steps_per_epoch)
-  # Shapes and shardings exactly as the loop declares them (its jitted init
-  # runs too: the price of not forking the state's construction).
-  # pylint: disable-next=protected-access
-  _, abstract, shardings = train._init_state(config, method, mesh,
-                                             len(method.train))
+  # Shapes and shardings exactly as the loop declares them; nothing built.
+  _, _, abstract, shardings = train.state_shapes(config, method, mesh,
+                                                 len(method.train))
   target = checkpointing.abstract_with_shardings(abstract, shardings)
   state, chosen = _restore(workdir, chosen, target)
   return Run(workdir, config, datasets, method, mesh, state, int(chosen))
