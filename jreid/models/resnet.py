@@ -215,6 +215,9 @@ class ResNet(nn.Module):
     first_stage, last_stage: run only layers first_stage..last_stage (1-4);
       the stem runs iff first_stage == 1. Lets method modules split the net
       (e.g. a shared trunk and per-branch layer4) with unchanged param names.
+    first_block: blocks of `first_stage` to skip (SCR's branches start at
+      layer3_1, after the shared layer3_0).
+    last_block: the last block of `last_stage` to run; -1 = all of them.
     dtype: compute dtype (params stay float32).
   """
   arch: str = 'resnet50'
@@ -225,6 +228,8 @@ class ResNet(nn.Module):
   stem_relu: bool = True
   first_stage: int = 1
   last_stage: int = 4
+  first_block: int = 0
+  last_block: int = -1
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -256,7 +261,10 @@ class ResNet(nn.Module):
     for i in range(self.first_stage - 1, self.last_stage):
       planes = self.width * 2**i
       stride = 1 if i == 0 else (self.last_stride if i == 3 else 2)
-      for j in range(stages[i]):
+      first = self.first_block if i == self.first_stage - 1 else 0
+      last = (self.last_block if i == self.last_stage - 1
+              and self.last_block >= 0 else stages[i] - 1)
+      for j in range(first, last + 1):
         in_ch = x.shape[-1]
         block_stride = stride if j == 0 else 1
         x = block_cls(
