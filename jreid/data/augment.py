@@ -354,6 +354,11 @@ RECIPES: dict[str, tuple[Any, ...]] = {
     # ABMT / MMT (spec_thesis.md §3.2, §3.4): no erasing in source training.
     'abmt_source': ('random_flip', 'pad_crop', 'normalize'),
     'abmt': _COLOUR,
+    # SCR (spec_thesis.md §2.5): the code's flip + RandomErasing(p=0.5,
+    # mean=0) after normalisation, no pad-crop; the thesis names flip only.
+    'scr': ('random_flip', 'normalize',
+            ('random_erasing', {'fill': (0.0, 0.0, 0.0)})),
+    'scr_thesis': ('random_flip', 'normalize'),
 }
 
 ViewSpec = str | Sequence[Any]

@@ -183,7 +183,7 @@ def test_recipes_under_jit():
   distinct = {}
   for name, ops in augment.RECIPES.items():
     distinct.setdefault(repr(ops), name)  # Aliases share one compile.
-  assert len(distinct) == 6
+  assert len(distinct) == 8
   for name in distinct.values():
     y = jax.jit(augment.make_view(name))(x, jax.random.key(0))
     assert y.shape == x.shape and y.dtype == jnp.float32
@@ -194,6 +194,13 @@ def test_recipes_under_jit():
   np.testing.assert_allclose(
       jax.jit(augment.make_view('test'))(x, jax.random.key(0)),
       augment.normalize(x), rtol=1e-6)
+  # SCR: flip, then erasing that writes 0 after normalisation (no pad-crop).
+  n = np.asarray(augment.normalize(x))
+  for k in range(8):
+    y = np.asarray(jax.jit(augment.make_view('scr'))(x, jax.random.key(k)))
+    for b in range(4):
+      kept = np.isclose(y[b], n[b]) | np.isclose(y[b], n[b, :, ::-1])
+      assert np.all(y[b][~kept] == 0.0)
   with pytest.raises(ValueError, match='typed PRNG keys'):
     augment.random_flip(x, jax.random.split(jax.random.PRNGKey(0), 4))
 
