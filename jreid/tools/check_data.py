@@ -60,11 +60,18 @@ def datasets_of(config: Any) -> list[tuple[str, str, str, dict[str, Any]]]:
   return out
 
 
-def published_sizes(name: str, dataset: ReidDataset
+def published_sizes(name: str, dataset: ReidDataset,
+                    kwargs: dict[str, Any] | None = None
                     ) -> common.PublishedSizes | None:
-  """The published sizes of dataset `name`, if its parser knows them."""
+  """The published sizes of dataset `name`, if its parser knows them.
+
+  A parser whose sizes depend on its arguments (CUHK03's labeled / detected
+  boxes) gives them through `published_sizes(kind)`.
+  """
   module = inspect.getmodule(registry.get('dataset', name))
   sizes = getattr(module, 'SIZES', None)
+  if sizes is None and hasattr(module, 'published_sizes'):
+    sizes = module.published_sizes((kwargs or {}).get('kind', 'labeled'))
   return sizes if dataset.name == getattr(module, 'NAME', None) else None
 
 
@@ -147,7 +154,7 @@ def check(where: str, name: str, root: str, kwargs: dict[str, Any]
   except (ValueError, OSError) as e:  # DatasetError is a ValueError
     return [], f'{where} ({name} at {root}): {e}'
   return report(where, root, kwargs, dataset,
-                published_sizes(name, dataset)), None
+                published_sizes(name, dataset, kwargs)), None
 
 
 def _config(argv: Sequence[str], err: TextIO) -> Any | None:

@@ -139,3 +139,14 @@ def test_every_dataset_of_a_uda_config_and_the_failures(tmp_path):
                         '--config.data.rot); nearest: data.root')
   status, out, err = _run('--config.data.root=/x')
   assert status == 1 and 'give --config=FILE.py' in err
+
+
+def test_cuhk03_sizes_follow_the_kind():
+  from jreid.data import records  # pylint: disable=g-import-not-at-top
+  split = records.Split.from_lists([], [], [])
+  ds = records.ReidDataset(name='cuhk03', root='', train=split, query=split,
+                           gallery=split)
+  assert check_data.published_sizes('cuhk03', ds, {'kind': 'detected'}
+                                    ).train == 7365
+  assert check_data.published_sizes('cuhk03', ds, {}).train == 7368
+  assert check_data.published_sizes('market1501', ds, {}) is None  # not it
