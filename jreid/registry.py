@@ -19,6 +19,17 @@ _TABLE: dict[str, dict[str, Any]] = {
         'msmt17': 'jreid.data.datasets.msmt17:load',
         'veri776': 'jreid.data.datasets.veri776:load',
         'synthetic': 'jreid.data.datasets.synthetic:load',
+        'cuhk03': 'jreid.data.datasets.cuhk03:load',
+        'mars': 'jreid.data.datasets.mars:load',
+        # The synthetic people written in the CUHK03-new-protocol and MARS
+        # layouts, read back by the real parsers.
+        'synthetic_cuhk03': 'jreid.data.datasets.synthetic_cuhk03:load',
+        'synthetic_mars': 'jreid.data.datasets.synthetic_mars:load',
+        # Visible-infrared: records carry field 'modality' (0 visible, 1 IR).
+        'sysu_mm01': 'jreid.data.datasets.sysu_mm01:load',
+        'regdb': 'jreid.data.datasets.regdb:load',
+        'synthetic_sysu': 'jreid.data.datasets.synthetic_vi:load_sysu',
+        'synthetic_regdb': 'jreid.data.datasets.synthetic_vi:load_regdb',
         # Custom data: Market-style folders, or a path,pid,camid,split CSV.
         'folder': 'jreid.data.datasets.folder:load',
         'csv': 'jreid.data.datasets.csv_list:load',
@@ -33,16 +44,23 @@ _TABLE: dict[str, dict[str, Any]] = {
         'abmt': 'jreid.methods.abmt:ABMT',
         'abmt_source': 'jreid.methods.abmt_source:ABMTSource',
         'mmt': 'jreid.methods.mmt:MMT',
+        'scr': 'jreid.methods.scr:SCR',
     },
     # fn(model_cfg, num_classes) -> flax module; config.model.type selects.
     'model': {
         'reid_net': 'jreid.models.reid_net:build_model',
         'abmt_net': 'jreid.models.abmt_net:build_model',
+        'scr_net': 'jreid.models.scr_net:build_model',
     },
     # cls.from_config(name, protocol, config, datasets, extractor) -> Evaluator;
     # config.evals.protocols[name].type selects.
     'evaluator': {
         'retrieval': 'jreid.evaluation.evaluator:RetrievalEvaluator',
+        # Tracklet ranking of video sets (MARS): temporal partition pooling.
+        'video': 'jreid.evaluation.video:VideoEvaluator',
+        # Visible-infrared protocols: SYSU-MM01 trials, RegDB both directions.
+        'sysu': 'jreid.evaluation.vi_evaluator:SysuEvaluator',
+        'regdb': 'jreid.evaluation.vi_evaluator:RegdbEvaluator',
     },
 }
 

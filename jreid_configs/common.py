@@ -22,6 +22,14 @@ DEFAULT_ROOTS = {
     'dukemtmc': 'data',
     'msmt17': 'data',
     'veri776': 'data',
+    'cuhk03': 'data',
+    'mars': 'data',
+    'synthetic_cuhk03': 'data/synthetic_cuhk03',
+    'synthetic_mars': 'data/synthetic_mars',
+    'sysu_mm01': 'data',
+    'regdb': 'data',
+    'synthetic_sysu': 'data/synthetic_sysu',
+    'synthetic_regdb': 'data/synthetic_regdb',
     # Custom data (jreid/data/datasets/folder.py, csv_list.py): the folder
     # holding bounding_box_train/, query/, bounding_box_test/; the CSV file.
     'folder': 'data/custom',
@@ -35,6 +43,14 @@ IMAGE_SIZES = {
     'dukemtmc': (256, 128),
     'msmt17': (256, 128),
     'veri776': (224, 224),
+    'cuhk03': (256, 128),
+    'mars': (256, 128),
+    'synthetic_cuhk03': (128, 64),
+    'synthetic_mars': (128, 64),
+    'sysu_mm01': (288, 144),
+    'regdb': (288, 144),
+    'synthetic_sysu': (128, 64),
+    'synthetic_regdb': (128, 64),
 }
 
 

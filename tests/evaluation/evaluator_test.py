@@ -252,9 +252,10 @@ def test_build_protocols_and_defaults(ext):
   with pytest.raises(KeyError, match="'missing'.*known: \\['a', 'b'\\]"):
     evaluator.build(c, {'a': a, 'b': b}, ext)
   c.evals.protocols.other.dataset = 'b'
-  c.evals.protocols.other.type = 'sysu'
+  c.evals.protocols.other.type = 'nonesuch'
   with pytest.raises(KeyError, match=(
-      r"protocols.other.*unknown evaluator 'sysu'; known: \['retrieval'\]")):
+      r"protocols.other.*unknown evaluator 'nonesuch'; known: \[.*'retrieval'"
+      r".*'video'\]")):
     evaluator.build(c, {'a': a, 'b': b}, ext)
 
 
