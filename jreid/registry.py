@@ -51,6 +51,7 @@ _TABLE: dict[str, dict[str, Any]] = {
         'reid_net': 'jreid.models.reid_net:build_model',
         'abmt_net': 'jreid.models.abmt_net:build_model',
         'scr_net': 'jreid.models.scr_net:build_model',
+        'vi_net': 'jreid.models.vi_net:build_model',
     },
     # cls.from_config(name, protocol, config, datasets, extractor) -> Evaluator;
     # config.evals.protocols[name].type selects.

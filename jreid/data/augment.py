@@ -318,6 +318,38 @@ def cap_erasing(images: Array, keys: Array, *, p: float = 0.5,
                         fill=fill, attempts=attempts, inclusive=True)
 
 
+# The channel augmentation of visible-infrared ReID (AGW's ChannelAug.py,
+# used by ADCA and MULT; spec_vi_mult.md §4). Normalised space, after
+# erasing. ChannelRandomErasing is `random_erasing` with these fill values.
+CHANNEL_ERASING_FILL = (0.4914, 0.4822, 0.4465)
+_GRAY = (0.2989, 0.5870, 0.1140)
+
+
+def channel_exchange(images: Array, keys: Array) -> Array:
+  """ChannelExchange(gray=2): one of the 3 channels, uniformly, copied to all.
+
+  (The reference's grayscale branch, idx == 3, is unreachable with gray=2.)
+  """
+  def one(x, u):
+    idx = jnp.minimum(jnp.floor(u[0] * 3), 2).astype(jnp.int32)
+    return jnp.repeat(jnp.take(x, idx, axis=-1)[..., None], 3, axis=-1)
+  return _per_example(one, images, keys, 1)
+
+
+def channel_adap_gray(images: Array, keys: Array, *, p: float = 0.5) -> Array:
+  """ChannelAdapGray(p): idx ~ U{0..3}; 0-2 copy that channel to all three;
+  3: with probability p the gray 0.2989 R + 0.5870 G + 0.1140 B (of the
+  normalised tensor, as the reference) in all three, else unchanged."""
+  def one(x, u):
+    idx = jnp.minimum(jnp.floor(u[0] * 4), 3).astype(jnp.int32)
+    single = jnp.take(x, jnp.minimum(idx, 2), axis=-1)
+    gray = x @ jnp.asarray(_GRAY, jnp.float32)
+    out = jnp.where(idx < 3, single, gray)[..., None].repeat(3, axis=-1)
+    keep = (idx == 3) & (u[1] >= p)
+    return jnp.where(keep, x, out)
+  return _per_example(one, images, keys, 2)
+
+
 # ----------------------------------------------------------------- compose ---
 
 _PIXEL, _NORMALIZE, _NORMALISED = 0, 1, 2
@@ -336,6 +368,8 @@ OPS: dict[str, tuple[Callable[..., Array], int, Callable[[dict], int]]] = {
     'normalize': (normalize, _NORMALIZE, lambda kw: 0),
     'random_erasing': (random_erasing, _NORMALISED, _erasing_uniforms),
     'cap_erasing': (cap_erasing, _NORMALISED, _erasing_uniforms),
+    'channel_exchange': (channel_exchange, _NORMALISED, lambda kw: 1),
+    'channel_adap_gray': (channel_adap_gray, _NORMALISED, lambda kw: 2),
 }
 
 _COLOUR = ('random_flip', 'pad_crop', 'normalize', 'random_erasing')
@@ -359,6 +393,16 @@ RECIPES: dict[str, tuple[Any, ...]] = {
     'scr': ('random_flip', 'normalize',
             ('random_erasing', {'fill': (0.0, 0.0, 0.0)})),
     'scr_thesis': ('random_flip', 'normalize'),
+    # Visible-infrared (MULT stage 2 and ADCA's DCL; spec_vi_mult.md §4): the
+    # visible base view, its channel-exchanged twin, the infrared view.
+    'vi_visible': ('pad_crop', 'random_flip', 'normalize',
+                   ('random_erasing', {'fill': CHANNEL_ERASING_FILL})),
+    'vi_visible_exchange': ('pad_crop', 'random_flip', 'normalize',
+                            ('random_erasing', {'fill': CHANNEL_ERASING_FILL}),
+                            'channel_exchange'),
+    'vi_infrared': ('pad_crop', 'random_flip', 'normalize',
+                    ('random_erasing', {'fill': CHANNEL_ERASING_FILL}),
+                    'channel_adap_gray'),
 }
 
 ViewSpec = str | Sequence[Any]
@@ -395,7 +439,8 @@ def _parse(spec: ViewSpec, pad: int | None = None
     raise ValueError(
         f'a view needs exactly one normalize, with pixel-space ops '
         f'(random_flip, pad_crop, grayscale, gaussian_blur) before it and '
-        f'erasing ops after it; got {[name for name, _, _ in ops]}')
+        f'erasing and channel ops after it; got '
+        f'{[name for name, _, _ in ops]}')
   return ops
 
 

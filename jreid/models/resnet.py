@@ -218,6 +218,9 @@ class ResNet(nn.Module):
     first_block: blocks of `first_stage` to skip (SCR's branches start at
       layer3_1, after the shared layer3_0).
     last_block: the last block of `last_stage` to run; -1 = all of them.
+    stem: run the stem (conv1, bn1, ReLU, max pool); None = iff
+      first_stage == 1. last_stage=0 gives the stem alone and stem=False
+      the body alone (the two-stream visible-infrared network).
     dtype: compute dtype (params stay float32).
   """
   arch: str = 'resnet50'
@@ -230,6 +233,7 @@ class ResNet(nn.Module):
   last_stage: int = 4
   first_block: int = 0
   last_block: int = -1
+  stem: bool | None = None
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -252,7 +256,7 @@ class ResNet(nn.Module):
     block_cls = Bottleneck if bottleneck else BasicBlock
     expansion = 4 if bottleneck else 1
     x = x.astype(self.dtype)
-    if self.first_stage == 1:
+    if self.first_stage == 1 if self.stem is None else self.stem:
       x = _conv(self.width, 7, 2, 'conv1', self.dtype)(x)
       x = norm_fn(name='bn1')(x, train)
       if self.stem_relu:

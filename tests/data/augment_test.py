@@ -183,7 +183,7 @@ def test_recipes_under_jit():
   distinct = {}
   for name, ops in augment.RECIPES.items():
     distinct.setdefault(repr(ops), name)  # Aliases share one compile.
-  assert len(distinct) == 8
+  assert len(distinct) == 11
   for name in distinct.values():
     y = jax.jit(augment.make_view(name))(x, jax.random.key(0))
     assert y.shape == x.shape and y.dtype == jnp.float32
@@ -293,3 +293,26 @@ def test_pad_warning_names_the_scaled_padding():
   assert 'config.aug.pad=10' in msg and '31%' in msg
   assert '--config.aug.pad=3' in msg
   assert '--config.aug.pad=5' in augment.pad_warning(10, (128, 64))
+
+
+def test_channel_exchange_and_adaptive_gray_follow_the_reference():
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.normal(size=(6, 4, 3, 3)), jnp.float32)
+  u = jnp.asarray([[0.1, 0.0], [0.4, 0.0], [0.9, 0.0], [0.8, 0.2],
+                   [0.8, 0.7], [0.5, 0.9]], jnp.float32)
+  ex = np.asarray(augment.channel_exchange(x, u[:, :1]))
+  xn = np.asarray(x)
+  for b, c in enumerate((0, 1, 2, 2, 2, 1)):  # floor(3 u)
+    np.testing.assert_array_equal(ex[b], np.repeat(xn[b, ..., c:c + 1], 3, -1))
+  ag = np.asarray(augment.channel_adap_gray(x, u, p=0.5))
+  gray = xn @ np.array([0.2989, 0.5870, 0.1140], np.float32)
+  want = [np.repeat(xn[0, ..., :1], 3, -1), np.repeat(xn[1, ..., 1:2], 3, -1),
+          None, None, xn[4], np.repeat(xn[5, ..., 2:3], 3, -1)]
+  want[2] = np.repeat(gray[2][..., None], 3, -1)  # idx 3, u1 0.0 < p: gray
+  want[3] = np.repeat(gray[3][..., None], 3, -1)  # idx 3, u1 0.2 < p: gray
+  for b in range(6):  # idx = floor(4 u0): 0, 1, 3, 3, 3 (kept), 2
+    np.testing.assert_allclose(ag[b], want[b], rtol=1e-6, atol=1e-6)
+  y = jax.jit(augment.make_view('vi_visible_exchange'))(
+      _images(b=4), jax.random.key(1))
+  y = np.asarray(y)
+  assert np.all(y[..., 0] == y[..., 1]) and np.all(y[..., 1] == y[..., 2])
