@@ -45,6 +45,7 @@ _TABLE: dict[str, dict[str, Any]] = {
         'abmt_source': 'jreid.methods.abmt_source:ABMTSource',
         'mmt': 'jreid.methods.mmt:MMT',
         'scr': 'jreid.methods.scr:SCR',
+        'mult': 'jreid.methods.mult:MULT',
     },
     # fn(model_cfg, num_classes) -> flax module; config.model.type selects.
     'model': {
