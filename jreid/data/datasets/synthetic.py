@@ -31,10 +31,7 @@ and two domains share nothing but the layout and the difficulty knobs.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import shutil
-import tempfile
 import time
 
 from absl import logging
@@ -44,7 +41,7 @@ from PIL import Image
 
 from jreid.data.datasets import market1501
 from jreid.data.datasets import synthetic_draw
-from jreid.data.records import DatasetError
+from jreid.data.datasets import synthetic_marker
 from jreid.data.records import ReidDataset
 
 MARKER = 'synthetic.json'
@@ -170,63 +167,34 @@ def make_person(p: Params, person: int) -> dict:
                                     synthetic_draw.domain_look(p.domain))
 
 
-def generate(root: str, p: Params) -> None:
-  """Draws the dataset of `p` into root/{bounding_box_*,query} + marker."""
+def _marker(p: Params) -> dict:
+  return synthetic_marker.marker_content(_VERSION, p)
+
+
+def generate(folder: str, p: Params) -> None:
+  """Draws the dataset of `p` into folder/{bounding_box_*,query}.
+
+  The marker is not written here: `load` calls this through
+  synthetic_marker.ensure, which writes it once the folders are in place.
+  """
   p.check()
   t0 = time.time()
   jobs = plan(p)
   look = synthetic_draw.domain_look(p.domain)
   cameras = make_cameras(p)
-  os.makedirs(root, exist_ok=True)
-  # Draw into a temporary folder and move it in at the end, so an interrupted
-  # run never leaves a half-written dataset that looks complete.
-  tmp = tempfile.mkdtemp(prefix='.synthetic_tmp_', dir=root)
-  try:
-    for sub in _FOLDERS.values():
-      os.makedirs(os.path.join(tmp, sub))
-    for j, job in enumerate(jobs):
-      rng = _rng(p, 1, j)
-      person = make_person(p, job.person)
-      image = synthetic_draw.render(person, cameras[job.cam], rng,
-                                    junk=job.junk, look=look)
-      name = _file_name(job, j, rng)
-      Image.fromarray(image).save(
-          os.path.join(tmp, _FOLDERS[job.split], name), quality=p.jpeg_quality)
-    for sub in _FOLDERS.values():
-      os.replace(os.path.join(tmp, sub), os.path.join(root, sub))
-    _write_marker(root, _marker(p))  # Last: it declares the data complete.
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
-  logging.info('Generated %d synthetic images in %s in %.1fs', len(jobs),
-               root, time.time() - t0)
-
-
-def _marker(p: Params) -> dict:
-  return {'version': _VERSION, **dataclasses.asdict(p)}
-
-
-def _read_marker(root: str) -> dict | None:
-  """The marker's content; None if absent, {} if unreadable (still ours)."""
-  path = os.path.join(root, MARKER)
-  if not os.path.exists(path):
-    return None
-  try:
-    with open(path) as f:
-      content = json.load(f)
-  except (OSError, ValueError):
-    return {}
-  if isinstance(content, dict) and 'version' in content:
-    # Markers from before `domain` existed describe domain-0 data, which is
-    # drawn unchanged: keep those folders instead of regenerating them.
-    content.setdefault('domain', 0)
-  return content
-
-
-def _write_marker(root: str, content: dict) -> None:
-  tmp = os.path.join(root, f'.{MARKER}.tmp{os.getpid()}')
-  with open(tmp, 'w') as f:
-    json.dump(content, f, indent=1, sort_keys=True)
-  os.replace(tmp, os.path.join(root, MARKER))
+  for sub in _FOLDERS.values():
+    os.makedirs(os.path.join(folder, sub))
+  for j, job in enumerate(jobs):
+    rng = _rng(p, 1, j)
+    person = make_person(p, job.person)
+    image = synthetic_draw.render(person, cameras[job.cam], rng,
+                                  junk=job.junk, look=look)
+    name = _file_name(job, j, rng)
+    Image.fromarray(image).save(
+        os.path.join(folder, _FOLDERS[job.split], name),
+        quality=p.jpeg_quality)
+  logging.info('Drew %d synthetic images in %.1fs', len(jobs),
+               time.time() - t0)
 
 
 def load(root: str, seed: int = 0, **size_kwargs) -> ReidDataset:
@@ -252,24 +220,11 @@ def load(root: str, seed: int = 0, **size_kwargs) -> ReidDataset:
   """
   p = Params(seed=seed, **size_kwargs)
   p.check()
-  root = os.path.abspath(os.path.expanduser(root))
-  marker = _read_marker(root)
-  if marker != _marker(p):
-    present = [s for s in _FOLDERS.values()
-               if os.path.exists(os.path.join(root, s))]
-    if present and marker is None:
-      raise DatasetError(
-          f'synthetic: {root} already holds {", ".join(present)} but no '
-          f'{MARKER}, so it is not generated data; refusing to overwrite. '
-          'Point config.data.root at an empty or new folder.')
-    # Claim the folder before deleting anything: if this run dies midway the
-    # next one still sees a marker (not the final one) and starts over.
-    os.makedirs(root, exist_ok=True)
-    _write_marker(root, {**_marker(p), 'complete': False})
-    for sub in present:  # Ours (the marker says so): replace with new data.
-      shutil.rmtree(os.path.join(root, sub))
-    logging.info('Generating synthetic dataset at %s (%s)', root, p)
-    generate(root, p)
+  # Markers from before `domain` existed describe domain-0 data, which is
+  # drawn unchanged: keep those folders instead of regenerating them.
+  root = synthetic_marker.ensure(
+      root, 'synthetic', MARKER, _FOLDERS.values(), _marker(p),
+      lambda folder: generate(folder, p), defaults={'domain': 0})
   return market1501.load(root, name='synthetic', num_cams=p.num_cams,
                          max_pid=None)
 

@@ -32,10 +32,7 @@ parameters (same seed, same bytes).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import shutil
-import tempfile
 import time
 
 from absl import logging
@@ -45,7 +42,7 @@ import scipy.io
 
 from jreid.data.datasets import cuhk03
 from jreid.data.datasets import synthetic_draw
-from jreid.data.records import DatasetError
+from jreid.data.datasets import synthetic_marker
 from jreid.data.records import ReidDataset
 
 NAME = 'synthetic_cuhk03'
@@ -185,69 +182,41 @@ def _config(shots: list[Shot]) -> dict[str, np.ndarray]:
   }
 
 
-def generate(root: str, p: Params) -> None:
-  """Draws the set of `p` into `root` (see the module docstring) + marker."""
+def _marker(p: Params) -> dict:
+  return synthetic_marker.marker_content(_VERSION, p)
+
+
+def generate(folder: str, p: Params) -> None:
+  """Writes the `_OUTPUTS` of `p` (module docstring) into `folder`.
+
+  `load` calls it through synthetic_marker.ensure, which adds the marker.
+  """
   p.check()
   t0 = time.time()
   shots = plan(p)
   look = synthetic_draw.domain_look(p.domain)
   cameras = make_cameras(p)
-  people = {}
-  os.makedirs(root, exist_ok=True)
-  # Draw into a temporary folder and move the results in at the end, so an
-  # interrupted run never leaves a half-written set that looks complete.
-  tmp = tempfile.mkdtemp(prefix='.synthetic_cuhk03_tmp_', dir=root)
-  try:
-    dirs = {k: os.path.join(tmp, cuhk03.IMAGES.format(kind=k))
-            for k in cuhk03.KINDS}
-    for d in dirs.values():
-      os.makedirs(d)
-    for label in sorted({shot.label for shot in shots}):
-      people[label] = synthetic_draw.make_person(_rng(p, 2, label), look)
-
-    for j, shot in enumerate(shots):
-      image = synthetic_draw.render(people[shot.label], cameras[shot.camera],
-                                    _rng(p, 1, j), look=look)
-      # PNG like the real images; level 1 is about twice as fast as the
-      # default and barely larger on these noisy pictures.
-      Image.fromarray(image).save(
-          os.path.join(dirs['labeled'], shot.file_name), compress_level=1)
-      Image.fromarray(detector_crop(image, _rng(p, 3, j))).save(
-          os.path.join(dirs['detected'], shot.file_name), compress_level=1)
-    config = _config(shots)
-    for kind in cuhk03.KINDS:
-      scipy.io.savemat(os.path.join(tmp, cuhk03.CONFIG.format(kind=kind)),
-                       config)
-    for entry in _OUTPUTS:
-      os.replace(os.path.join(tmp, entry), os.path.join(root, entry))
-    _write_marker(root, _marker(p))  # Last: it declares the data complete.
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
-  logging.info('Generated %d synthetic CUHK03 shots (labeled + detected) in '
-               '%s in %.1fs', len(shots), root, time.time() - t0)
-
-
-def _marker(p: Params) -> dict:
-  return {'version': _VERSION, **dataclasses.asdict(p)}
-
-
-def _read_marker(root: str) -> dict | None:
-  """The marker's content; None if absent, {} if unreadable (still ours)."""
-  path = os.path.join(root, MARKER)
-  if not os.path.exists(path):
-    return None
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except (OSError, ValueError):
-    return {}
-
-
-def _write_marker(root: str, content: dict) -> None:
-  tmp = os.path.join(root, f'.{MARKER}.tmp{os.getpid()}')
-  with open(tmp, 'w') as f:
-    json.dump(content, f, indent=1, sort_keys=True)
-  os.replace(tmp, os.path.join(root, MARKER))
+  dirs = {k: os.path.join(folder, cuhk03.IMAGES.format(kind=k))
+          for k in cuhk03.KINDS}
+  for d in dirs.values():
+    os.makedirs(d)
+  people = {label: synthetic_draw.make_person(_rng(p, 2, label), look)
+            for label in sorted({shot.label for shot in shots})}
+  for j, shot in enumerate(shots):
+    image = synthetic_draw.render(people[shot.label], cameras[shot.camera],
+                                  _rng(p, 1, j), look=look)
+    # PNG like the real images; level 1 is about twice as fast as the
+    # default and barely larger on these noisy pictures.
+    Image.fromarray(image).save(
+        os.path.join(dirs['labeled'], shot.file_name), compress_level=1)
+    Image.fromarray(detector_crop(image, _rng(p, 3, j))).save(
+        os.path.join(dirs['detected'], shot.file_name), compress_level=1)
+  config = _config(shots)
+  for kind in cuhk03.KINDS:
+    scipy.io.savemat(os.path.join(folder, cuhk03.CONFIG.format(kind=kind)),
+                     config)
+  logging.info('Drew %d synthetic CUHK03 shots (labeled + detected) in '
+               '%.1fs', len(shots), time.time() - t0)
 
 
 def load(root: str, seed: int = 0, *, kind: str = 'labeled',
@@ -275,25 +244,6 @@ def load(root: str, seed: int = 0, *, kind: str = 'labeled',
   cuhk03.published_sizes(kind)  # Checks `kind` before any generation.
   p = Params(seed=seed, **size_kwargs)
   p.check()
-  root = os.path.abspath(os.path.expanduser(root))
-  marker = _read_marker(root)
-  if marker != _marker(p):
-    present = [e for e in _OUTPUTS if os.path.exists(os.path.join(root, e))]
-    if present and marker is None:
-      raise DatasetError(
-          f'{NAME}: {root} already holds {", ".join(present)} but no '
-          f'{MARKER}, so it is not generated data; refusing to overwrite. '
-          'Point config.data.root at an empty or new folder.')
-    # Claim the folder before deleting anything: if this run dies midway the
-    # next one still sees a marker (not the final one) and starts over.
-    os.makedirs(root, exist_ok=True)
-    _write_marker(root, {**_marker(p), 'complete': False})
-    for entry in present:  # Ours (the marker says so): replace.
-      path = os.path.join(root, entry)
-      if os.path.isdir(path):
-        shutil.rmtree(path)
-      else:
-        os.remove(path)
-    logging.info('Generating %s at %s (%s)', NAME, root, p)
-    generate(root, p)
+  root = synthetic_marker.ensure(root, NAME, MARKER, _OUTPUTS, _marker(p),
+                                 lambda folder: generate(folder, p))
   return cuhk03.load(root, kind=kind, check_sizes=False, name=NAME)

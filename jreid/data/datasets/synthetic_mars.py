@@ -34,10 +34,7 @@ they change.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import shutil
-import tempfile
 import time
 
 from absl import logging
@@ -48,7 +45,7 @@ import scipy.io
 from jreid.data.datasets import mars
 from jreid.data.datasets import synthetic
 from jreid.data.datasets import synthetic_draw
-from jreid.data.records import DatasetError
+from jreid.data.datasets import synthetic_marker
 from jreid.data.records import ReidDataset
 
 NAME = 'synthetic_mars'
@@ -213,8 +210,13 @@ def _film(image: np.ndarray, length: int, rng: np.random.Generator,
   return list(np.clip(frames + 0.5, 0, 255).astype(np.uint8))
 
 
-def generate(root: str, p: Params) -> None:
-  """Draws the set of `p` into root/{bbox_train,bbox_test,info} + marker."""
+def _marker(p: Params) -> dict:
+  return synthetic_marker.marker_content(_VERSION, p)
+
+
+def generate(folder: str, p: Params) -> None:
+  """Draws the set of `p` into folder/{bbox_train,bbox_test,info}, no marker
+  (`load` calls it through synthetic_marker.ensure)."""
   p.check()
   t0 = time.time()
   tracks = plan(p)
@@ -224,75 +226,40 @@ def generate(root: str, p: Params) -> None:
       domain=p.domain))
   noise = 2.0 * _rng(p, 4).standard_normal((4 * p.height, 4 * p.width, 3),
                                           np.float32)
-  os.makedirs(root, exist_ok=True)
-  # Draw into a temporary folder and move it in at the end, so an interrupted
-  # run never leaves a half-written dataset that looks complete.
-  tmp = tempfile.mkdtemp(prefix='.synthetic_mars_tmp_', dir=root)
-  try:
-    names = {'train': [], 'test': []}
-    tables = {'train': [], 'test': []}
-    query = []
-    for k, track in enumerate(tracks):
-      person = synthetic_draw.make_person(_rng(p, 2, track.person), look)
-      image = synthetic_draw.render(person, cameras[track.cam],
-                                    _rng(p, 1, k), junk=track.junk, look=look)
-      frames = _film(image, track.length, _rng(p, 3, k), noise)
-      folder = os.path.join(tmp, mars.IMAGE_FOLDERS[track.split],
-                            track.names()[0][:4])
-      os.makedirs(folder, exist_ok=True)
-      for name, frame in zip(track.names(), frames):
-        Image.fromarray(frame).save(os.path.join(folder, name),
-                                    quality=p.jpeg_quality)
-      split_names = names[track.split]
-      tables[track.split].append((len(split_names) + 1,
-                                  len(split_names) + track.length,
-                                  track.pid, track.cam + 1))
-      split_names += track.names()
-      if track.query:
-        query.append(len(tables['test']))  # 1-based row of the test table
-    info = os.path.join(tmp, 'info')
-    os.makedirs(info)
-    for split in ('train', 'test'):
-      with open(os.path.join(info, mars.NAME_FILES[split]), 'w') as f:
-        f.write(''.join(n + '\n' for n in names[split]))
-      file, key = mars.TABLE_FILES[split]
-      # MATLAB doubles, as the MARS evaluation code's files hold.
-      scipy.io.savemat(os.path.join(info, file),
-                       {key: np.asarray(tables[split], np.float64)})
-    scipy.io.savemat(os.path.join(info, mars.QUERY_FILE[0]),
-                     {mars.QUERY_FILE[1]: np.asarray(query, np.float64)})
-    for entry in _ENTRIES:
-      os.replace(os.path.join(tmp, entry), os.path.join(root, entry))
-    _write_marker(root, _marker(p))  # Last: it declares the data complete.
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
-  logging.info('Generated %d synthetic MARS tracklets (%d frames) in %s in '
-               '%.1fs', len(tracks), sum(t.length for t in tracks), root,
-               time.time() - t0)
-
-
-def _marker(p: Params) -> dict:
-  return {'version': _VERSION, **dataclasses.asdict(p)}
-
-
-def _read_marker(root: str) -> dict | None:
-  """The marker's content; None if absent, {} if unreadable (still ours)."""
-  path = os.path.join(root, MARKER)
-  if not os.path.exists(path):
-    return None
-  try:
-    with open(path) as f:
-      content = json.load(f)
-  except (OSError, ValueError):
-    return {}
-  return content if isinstance(content, dict) else {}
-
-
-def _write_marker(root: str, content: dict) -> None:
-  tmp = os.path.join(root, f'.{MARKER}.tmp{os.getpid()}')
-  with open(tmp, 'w') as f:
-    json.dump(content, f, indent=1, sort_keys=True)
-  os.replace(tmp, os.path.join(root, MARKER))
+  names = {'train': [], 'test': []}
+  tables = {'train': [], 'test': []}
+  query = []
+  for k, track in enumerate(tracks):
+    person = synthetic_draw.make_person(_rng(p, 2, track.person), look)
+    image = synthetic_draw.render(person, cameras[track.cam],
+                                  _rng(p, 1, k), junk=track.junk, look=look)
+    frames = _film(image, track.length, _rng(p, 3, k), noise)
+    pid_dir = os.path.join(folder, mars.IMAGE_FOLDERS[track.split],
+                           track.names()[0][:4])
+    os.makedirs(pid_dir, exist_ok=True)
+    for name, frame in zip(track.names(), frames):
+      Image.fromarray(frame).save(os.path.join(pid_dir, name),
+                                  quality=p.jpeg_quality)
+    split_names = names[track.split]
+    tables[track.split].append((len(split_names) + 1,
+                                len(split_names) + track.length,
+                                track.pid, track.cam + 1))
+    split_names += track.names()
+    if track.query:
+      query.append(len(tables['test']))  # 1-based row of the test table
+  info = os.path.join(folder, 'info')
+  os.makedirs(info)
+  for split in ('train', 'test'):
+    with open(os.path.join(info, mars.NAME_FILES[split]), 'w') as f:
+      f.write(''.join(n + '\n' for n in names[split]))
+    file, key = mars.TABLE_FILES[split]
+    # MATLAB doubles, as the MARS evaluation code's files hold.
+    scipy.io.savemat(os.path.join(info, file),
+                     {key: np.asarray(tables[split], np.float64)})
+  scipy.io.savemat(os.path.join(info, mars.QUERY_FILE[0]),
+                   {mars.QUERY_FILE[1]: np.asarray(query, np.float64)})
+  logging.info('Drew %d synthetic MARS tracklets (%d frames) in %.1fs',
+               len(tracks), sum(t.length for t in tracks), time.time() - t0)
 
 
 def load(root: str, seed: int = 0, **size_kwargs) -> ReidDataset:
@@ -316,21 +283,6 @@ def load(root: str, seed: int = 0, **size_kwargs) -> ReidDataset:
   """
   p = Params(seed=seed, **size_kwargs)
   p.check()
-  root = os.path.abspath(os.path.expanduser(root))
-  marker = _read_marker(root)
-  if marker != _marker(p):
-    present = [e for e in _ENTRIES if os.path.exists(os.path.join(root, e))]
-    if present and marker is None:
-      raise DatasetError(
-          f'{NAME}: {root} already holds {", ".join(present)} but no '
-          f'{MARKER}, so it is not generated data; refusing to overwrite. '
-          'Point config.data.root at an empty or new folder.')
-    # Claim the folder before deleting anything: if this run dies midway the
-    # next one still sees a marker (not the final one) and starts over.
-    os.makedirs(root, exist_ok=True)
-    _write_marker(root, {**_marker(p), 'complete': False})
-    for entry in present:  # Ours (the marker says so): replace it.
-      shutil.rmtree(os.path.join(root, entry))
-    logging.info('Generating synthetic MARS set at %s (%s)', root, p)
-    generate(root, p)
+  root = synthetic_marker.ensure(root, NAME, MARKER, _ENTRIES, _marker(p),
+                                 lambda folder: generate(folder, p))
   return mars.load(root, check_sizes=False, name=NAME, num_cams=p.num_cams)

@@ -83,12 +83,7 @@ function of the parameters (same seed, same bytes).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import shutil
-import tempfile
-import time
-from typing import Callable
 
 from absl import logging
 import numpy as np
@@ -96,7 +91,7 @@ from PIL import Image
 from PIL import ImageFilter
 
 from jreid.data.datasets import synthetic_draw
-from jreid.data.records import DatasetError
+from jreid.data.datasets import synthetic_marker
 from jreid.data.records import ReidDataset
 
 NAME_SYSU = 'synthetic_sysu'
@@ -253,63 +248,10 @@ def render_infrared(person: dict, cam: dict, rng: np.random.Generator,
   return np.repeat(g[..., None], 3, axis=-1)
 
 
-# ------------------------------------------------------- markers, folders
-def _read_marker(root: str, marker: str) -> dict | None:
-  """The marker's content; None if absent, {} if unreadable (still ours)."""
-  path = os.path.join(root, marker)
-  if not os.path.exists(path):
-    return None
-  try:
-    with open(path) as f:
-      content = json.load(f)
-  except (OSError, ValueError):
-    return {}
-  return content if isinstance(content, dict) else {}
-
-
-def _write_marker(root: str, marker: str, content: dict) -> None:
-  tmp = os.path.join(root, f'.{marker}.tmp{os.getpid()}')
-  with open(tmp, 'w') as f:
-    json.dump(content, f, indent=1, sort_keys=True)
-  os.replace(tmp, os.path.join(root, marker))
-
-
-def _ensure(root: str, name: str, marker: str, entries: tuple[str, ...],
-            content: dict, generate: Callable[[str], None]) -> str:
-  """(Re)generates the set at `root` unless its marker equals `content`.
-
-  Returns the absolute root. Raises DatasetError when root holds some of
-  `entries` but no marker (not generated data: never overwritten).
-  """
-  root = os.path.abspath(os.path.expanduser(root))
-  found = _read_marker(root, marker)
-  if found != content:
-    present = [e for e in entries if os.path.exists(os.path.join(root, e))]
-    if present and found is None:
-      raise DatasetError(
-          f'{name}: {root} already holds {", ".join(present)} but no '
-          f'{marker}, so it is not generated data; refusing to overwrite. '
-          'Point config.data.root at an empty or new folder.')
-    # Claim the folder before deleting anything: if this run dies midway the
-    # next one still sees a marker (not the final one) and starts over.
-    os.makedirs(root, exist_ok=True)
-    _write_marker(root, marker, {**content, 'complete': False})
-    for entry in present:  # Ours (the marker says so): replace it.
-      shutil.rmtree(os.path.join(root, entry))
-    logging.info('Generating %s at %s (%s)', name, root, content)
-    t0 = time.time()
-    # Draw into a temporary folder and move it in at the end, so an
-    # interrupted run never leaves a half-written set that looks complete.
-    tmp = tempfile.mkdtemp(prefix=f'.{name}_tmp_', dir=root)
-    try:
-      generate(tmp)
-      for entry in entries:
-        os.replace(os.path.join(tmp, entry), os.path.join(root, entry))
-      _write_marker(root, marker, content)  # Last: the data is complete.
-    finally:
-      shutil.rmtree(tmp, ignore_errors=True)
-    logging.info('Generated %s in %s in %.1fs', name, root, time.time() - t0)
-  return root
+# ---------------------------------------------------------------- helpers
+# The old private name of synthetic_marker.ensure (the tests draw trees with
+# it, without a parser).
+_ensure = synthetic_marker.ensure
 
 
 def _save(image: np.ndarray, path: str, **kwargs) -> None:
@@ -439,7 +381,7 @@ def sysu_cameras(p: SysuParams) -> dict[int, dict]:
 
 
 def _sysu_marker(p: SysuParams) -> dict:
-  return {'version': _VERSION, **dataclasses.asdict(p)}
+  return synthetic_marker.marker_content(_VERSION, p)
 
 
 def generate_sysu(folder: str, p: SysuParams) -> None:
@@ -496,8 +438,9 @@ def load_sysu(root: str, seed: int = 0, **size_kwargs) -> ReidDataset:
   """
   p = SysuParams(seed=seed, **size_kwargs)
   p.check()
-  root = _ensure(root, NAME_SYSU, MARKER_SYSU, _SYSU_ENTRIES,
-                 _sysu_marker(p), lambda folder: generate_sysu(folder, p))
+  root = synthetic_marker.ensure(
+      root, NAME_SYSU, MARKER_SYSU, _SYSU_ENTRIES, _sysu_marker(p),
+      lambda folder: generate_sysu(folder, p))
   # Imported here: the parser module is optional for generating the tree.
   from jreid.data.datasets import sysu_mm01  # pylint: disable=g-import-not-at-top
   return sysu_mm01.load(root, check_sizes=False, name=NAME_SYSU)
@@ -557,7 +500,7 @@ def regdb_split(p: RegdbParams, trial: int) -> tuple[list[int], list[int]]:
 
 
 def _regdb_marker(p: RegdbParams) -> dict:
-  return {'version': _VERSION, **dataclasses.asdict(p)}
+  return synthetic_marker.marker_content(_VERSION, p)
 
 
 def generate_regdb(folder: str, p: RegdbParams) -> None:
@@ -628,8 +571,9 @@ def load_regdb(root: str, seed: int = 0, trial: int = 1,
       not 1 <= trial <= p.num_trials):
     raise ValueError(f'{NAME_REGDB}: trial must be an integer in '
                      f'1..{p.num_trials} (num_trials), got {trial!r}')
-  root = _ensure(root, NAME_REGDB, MARKER_REGDB, _REGDB_ENTRIES,
-                 _regdb_marker(p), lambda folder: generate_regdb(folder, p))
+  root = synthetic_marker.ensure(
+      root, NAME_REGDB, MARKER_REGDB, _REGDB_ENTRIES, _regdb_marker(p),
+      lambda folder: generate_regdb(folder, p))
   # Imported here: the parser module is optional for generating the tree.
   from jreid.data.datasets import regdb  # pylint: disable=g-import-not-at-top
   return regdb.load(root, trial=int(trial), name=NAME_REGDB)
