@@ -151,7 +151,8 @@ def _setup(config):
   mesh = sharding.make_mesh(config.mesh.get('num_devices', 0))
   logging.info('process %d/%d, mesh %s over %s', jax.process_index(),
                jax.process_count(), dict(mesh.shape), jax.devices()[0].platform)
-  sharding.check_divisible(config.sampler.batch_size, mesh)
+  method_cls = registry.get('method', config.method.name)
+  sharding.check_divisible(method_cls.records_per_step(config), mesh)
   sharding.check_divisible(config.evals.batch_size, mesh, 'eval batch size')
   warning = augment.pad_warning(config.aug.get('pad', augment.DEFAULT_PAD),
                                 config.data.image_size)
@@ -160,7 +161,7 @@ def _setup(config):
   datasets = pipeline.load_datasets(config)
   data = train_input.TrainInput(
       config, train_input.train_split(config, datasets), mesh)
-  method = registry.get('method', config.method.name)(config, data.split)
+  method = method_cls(config, data.split)
   method.build_models()
   data.add_tables(method.extra_tables())
   batch_size = config.evals.batch_size
@@ -270,14 +271,14 @@ def _train(config, workdir, method, data, mesh, refresh_extractor, evaluators,
   # set_aside do for metrics.jsonl.
   writer = metrics_io.MetricWriter(
       workdir, purge_step=start_step + 1 if start_step else 0)
+  batch = method.records_per_step(config)
   progress = metrics_io.Progress(
-      total_steps, config.sampler.batch_size,
+      total_steps, batch,
       scheduled={'refresh': [e * spe for e in range(config.num_epochs)],
                  'eval': [(e + 1) * spe for e in range(config.num_epochs)
                           if _eval_due(config, e)]})
   logging.info('training %s: %d epochs x %d steps, batch %d, from step %d',
-               config.method.name, config.num_epochs, spe,
-               config.sampler.batch_size, start_step)
+               config.method.name, config.num_epochs, spe, batch, start_step)
   results = {}
   best, initial = {}, {}
   if not start_step:

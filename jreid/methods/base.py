@@ -128,6 +128,12 @@ class Method:
   # terms, e.g. CAP's inter-camera loss from epoch 5, read it under jit).
   steps_per_epoch: int = 0
 
+  @classmethod
+  def records_per_step(cls, config) -> int:
+    """Train records a step reads (the batch the mesh splits); MULT's is
+    2 P K, P labels x K images per modality."""
+    return int(config.sampler.batch_size)
+
   def __init__(self, config, train: records.Split):
     self.config = config
     self.train = train

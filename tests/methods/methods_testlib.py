@@ -78,3 +78,24 @@ def loop_state(c, workdir):
   ctx = base.RefreshContext(config=c, train=data.split, mesh=mesh,
                             extract_train=lambda v: data.extract(extractor, v))
   return mesh, data, method, state, shardings, ctx
+
+
+def device_curves(make_config, tmp_path, devices=(1, 8)):
+  """Loss curves of the same run on each mesh size in `devices`.
+
+  `make_config(**overrides)` returns the run's config with the overrides
+  applied; 'mesh.num_devices' and SGD are set here (SGD: Adam's early steps
+  are ~lr * sign(g), which turns reduction-order rounding into visible
+  drift; see tests/train_test.py).
+  """
+  # pylint: disable=g-import-not-at-top
+  from jreid import metrics_io
+  from jreid import train
+  curves = []
+  for n in devices:
+    workdir = str(tmp_path / f'devices{n}')
+    train.train_and_evaluate(
+        make_config(**{'mesh.num_devices': n, 'optim.name': 'sgd'}), workdir)
+    curves.append([r['loss'] for r in metrics_io.read_jsonl(
+        workdir + '/metrics.jsonl') if 'loss' in r])
+  return curves

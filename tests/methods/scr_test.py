@@ -103,13 +103,9 @@ def test_trains_with_one_trace_and_resumes_mid_epoch_exactly(root, tmp_path):
 
 @pytest.mark.slow
 def test_one_and_eight_devices_give_the_same_losses(root, tmp_path):
-  curves = []
-  for n in (1, 8):
-    workdir = str(tmp_path / f'd{n}')
-    train.train_and_evaluate(
-        tiny(root, **{'mesh.num_devices': n, 'num_epochs': 1,
-                      'stop_after_step': 3}), workdir)  # no evaluation
-    curves.append(_losses(workdir))
+  curves = methods_testlib.device_curves(
+      lambda **o: tiny(root, num_epochs=1, stop_after_step=3, **o),  # no eval
+      tmp_path)
   assert len(curves[0]) == 3
   np.testing.assert_allclose(curves[0], curves[1], rtol=1e-4)
   assert jax.device_count() >= 8
