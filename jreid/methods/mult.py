@@ -36,6 +36,7 @@ from jreid import clustering
 from jreid import memory
 from jreid import models
 from jreid import sharding
+from jreid.clustering import camera_norm
 from jreid.data import augment
 from jreid.losses import vi as vi_losses
 from jreid.methods import base
@@ -54,6 +55,11 @@ class MULT(clustering_base.ClusteringMethod):
   """DCL (stage 1) and MULT + AMIRL + OCLR (stage 2)."""
 
   batch_fields = ('label_v', 'label_r')
+
+  @classmethod
+  def records_per_step(cls, config):
+    s = config.sampler
+    return 2 * int(s.batch_size) * int(s.num_instances)
 
   def __init__(self, config, train):
     super().__init__(config, train)
@@ -77,12 +83,20 @@ class MULT(clustering_base.ClusteringMethod):
 
   # ------------------------------------------------------------ construction
   def init_variables(self, key, image_size):
+    """Both stems start as the same weights, as the reference's two copies
+    of one ImageNet stem do: a random thermal stem unrelated to the visible
+    one would leave the modalities' features with nothing in common, and
+    the cross-modality transport would match noise."""
     h, w = image_size
     variables = self.model.init({'params': key},
                                 jnp.zeros((2, h, w, 3), jnp.float32),
                                 train=True, num_visible=1)
-    return {'params': variables['params'],
-            'batch_stats': variables.get('batch_stats', {})}
+    out = {'params': dict(variables['params']),
+           'batch_stats': dict(variables.get('batch_stats', {}))}
+    for c in ('params', 'batch_stats'):
+      if 'visible' in out[c]:
+        out[c]['thermal'] = jax.tree.map(jnp.copy, out[c]['visible'])
+    return out
 
   def load_pretrained(self, variables, path):
     return pretrained.load_pretrained_into(
@@ -135,10 +149,16 @@ class MULT(clustering_base.ClusteringMethod):
 
   def refresh(self, ctx, state, epoch):
     features = np.asarray(ctx.extract_train(self.eval_variables(state)))
+    # The clustering and the label transfer may see camera-balanced
+    # features (`method.camera_norm`, off in the paper presets); the
+    # memories start from the centres of the features as extracted.
+    balanced = camera_norm.camera_normalize(
+        features, self.train.camids,
+        self.config.method.get('camera_norm', 'none'))
     if self.stage_two(epoch):
-      out = self._transfer(features, ctx)
+      out = self._transfer(features, balanced, ctx)
     else:
-      out = self._dcl_labels(features, ctx)
+      out = self._dcl_labels(features, balanced, ctx)
     if isinstance(out, str):  # a modality without usable clusters
       n = len(features)
       return self._keep_previous(state, epoch, {}, out, n)
@@ -208,11 +228,11 @@ class MULT(clustering_base.ClusteringMethod):
           f'{k} {what} clusters exceed the memory capacity {self.cap[space]}; '
           f'set config.method.capacity_{space} higher')
 
-  def _dcl_labels(self, features, ctx):
+  def _dcl_labels(self, features, balanced, ctx):
     info, labels = {}, {}
     for name, idx, space in (('visible', self.vis, 'v'),
                              ('infrared', self.ir, 'r')):
-      lab, k, timings = self._cluster_modality(features[idx], ctx, name)
+      lab, k, timings = self._cluster_modality(balanced[idx], ctx, name)
       if k < 1:
         return (f'the {name} modality has no cluster ({len(idx)} images, '
                 f'all DBSCAN outliers)')
@@ -233,12 +253,13 @@ class MULT(clustering_base.ClusteringMethod):
     return {'label_v': label_v, 'label_r': label_r, 'memory': banks,
             **zeros}, info
 
-  def _transfer(self, features, ctx):
+  def _transfer(self, features, balanced, ctx):
+    del ctx
     from jreid.clustering import label_transfer  # pylint: disable=g-import-not-at-top
     m = self.config.method
     try:
       res = label_transfer.transfer(
-          features[self.vis], features[self.ir], k1=m.k1, k2=m.k2, eps=m.eps,
+          balanced[self.vis], balanced[self.ir], k1=m.k1, k2=m.k2, eps=m.eps,
           min_samples=m.min_samples, alpha=m.alpha, beta=m.beta,
           temperature=m.label_temperature)
     except clustering_base.ClusteringError as e:
