@@ -133,10 +133,3 @@ def test_mars_layout_trains_on_frames_and_ranks_tracklets(tmp_path):
   assert summary['train_step_traces'] == 1
   assert 'video/mAP' in summary and 0.0 < summary['video/mAP'] <= 1.0
 
-
-def test_cuhk03_layout_trains_and_evaluates_detected_boxes(tmp_path):
-  summary = _layout_run('synthetic_cuhk03', str(tmp_path / 'cuhk'), tmp_path,
-                        kind='detected', num_train_ids=10, num_test_ids=6,
-                        num_pairs=2, height=32, width=16)
-  assert summary['train_step_traces'] == 1
-  assert 0.0 < summary['mAP'] <= 1.0
