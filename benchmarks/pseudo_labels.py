@@ -8,10 +8,18 @@ allocates) is its own.
     python benchmarks/pseudo_labels.py                 # the three cases
     python benchmarks/pseudo_labels.py --cases=market_rerank
     python benchmarks/pseudo_labels.py --cases=msmt_rerank   # test size, slow
+    python benchmarks/pseudo_labels.py --cases=market_knn,msmt_knn
+    python benchmarks/pseudo_labels.py --reference-knn   # the 3 cases, "before"
 
 Each case calls the public entry point twice in the same process: 'cold'
 includes XLA compilation (the first refresh of a run), 'warm' is every later
 refresh (shapes do not change between epochs). Results: pseudo_labels.md.
+
+The *_knn cases time the exact kNN alone, the current scheme ("after") and
+the previous one ("before", `knn._knn_single(..., reference=True)`),
+alternately in the same process, and check that their lists are identical.
+`--reference-knn` runs the other cases with the previous kNN, for the
+before/after figures of a whole refresh.
 
 Synthetic features imitate a mid-training ReID embedding: unit 2048-d rows
 made of a shared direction, an identity-group component (look-alike people),
@@ -24,6 +32,7 @@ look-alikes and leaves about 10% outliers, as on real data.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import resource
@@ -39,6 +48,8 @@ CASES = {
     'msmt_jaccard': ('jaccard', 32621, 1041, 15),
     'market_rerank': ('rerank', (3368, 15913), 750, 6),
     'msmt_rerank': ('rerank', (11659, 82161), 3060, 15),
+    'market_knn': ('knn', 12936, 751, 6),
+    'msmt_knn': ('knn', 32621, 1041, 15),
 }
 DEFAULT_CASES = ('market_jaccard', 'msmt_jaccard', 'market_rerank')
 DIM = 2048
@@ -109,11 +120,54 @@ def _rss_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_case(name: str) -> dict:
+def _timed(fn) -> tuple[float, float]:
+  start, cpu = time.perf_counter(), time.process_time()
+  fn()
+  return time.perf_counter() - start, time.process_time() - cpu
+
+
+def run_knn_case(x: np.ndarray, ks: tuple[int, ...], repeats: int) -> dict:
+  """Times the kNN before (previous scheme) and after, alternately."""
+  from jreid.clustering import knn  # pylint: disable=g-import-not-at-top
+  result = {}
+  schemes = {
+      'before': lambda k: knn._knn_single(x, k, 2048, False, reference=True),
+      'after': lambda k: knn._knn_single(x, k, 2048, False)}
+  for k in ks:
+    out = {}
+    for attempt in range(1 + repeats):  # the first is cold (compilation)
+      for scheme, fn in schemes.items():
+        def call(fn=fn, scheme=scheme):
+          out[scheme] = [np.asarray(a) for a in fn(k)[:2]]
+        with open('/proc/loadavg') as f:
+          load = float(f.read().split()[0])
+        wall, cpu = _timed(call)
+        key = f'k{k}_{scheme}'
+        if attempt == 0:
+          result[f'{key}_cold_s'] = wall
+        else:
+          result.setdefault(f'{key}_warm_s', []).append(round(wall, 3))
+          result.setdefault(f'{key}_warm_cpu_s', []).append(round(cpu, 3))
+          result.setdefault(f'{key}_load', []).append(load)
+    result[f'k{k}_identical'] = all(
+        np.array_equal(a, b) for a, b in zip(out['before'], out['after']))
+  return result
+
+
+def run_case(name: str, reference_knn: bool = False, ks=(30,),
+             repeats: int = 3) -> dict:
   """Runs one case in this process; returns its measurements."""
   kind, size, ids, cams = CASES[name]
   result = {'case': name}
-  if kind == 'jaccard':
+  if reference_knn and kind != 'knn':  # every kNN through the previous scheme
+    from jreid.clustering import knn  # pylint: disable=g-import-not-at-top
+    knn._knn_single = functools.partial(knn._knn_single, reference=True)
+    result['knn'] = 'reference'
+  if kind == 'knn':
+    x, _ = synthetic(size, ids, cams, seed=0)
+    result['rss_before_mb'] = _rss_mb()
+    result.update(run_knn_case(x, ks, repeats))
+  elif kind == 'jaccard':
     from jreid import clustering  # pylint: disable=g-import-not-at-top
     x, pid = synthetic(size, ids, cams, seed=0)
     result['rss_before_mb'] = _rss_mb()
@@ -156,10 +210,18 @@ def run_case(name: str) -> dict:
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--cases', default=','.join(DEFAULT_CASES))
+  parser.add_argument('--reference-knn', action='store_true',
+                      help='run the cases with the previous kNN scheme')
+  parser.add_argument('--k', default='30',
+                      help='list lengths of the *_knn cases, e.g. 30,21')
+  parser.add_argument('--repeats', type=int, default=3,
+                      help='warm calls of each scheme in the *_knn cases')
   parser.add_argument('--child', help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.child:
-    print(json.dumps(run_case(args.child)))
+    print(json.dumps(run_case(
+        args.child, args.reference_knn,
+        tuple(int(k) for k in args.k.split(',')), args.repeats)))
     return
   with open('/proc/loadavg') as f:
     load = f.read().split()[:3]
@@ -170,7 +232,10 @@ def main() -> None:
   env['PYTHONPATH'] = root + os.pathsep + env.get('PYTHONPATH', '')
   rows = []
   for name in args.cases.split(','):
-    proc = subprocess.run([sys.executable, __file__, f'--child={name}'],
+    extra = ['--reference-knn'] if args.reference_knn else []
+    proc = subprocess.run([sys.executable, __file__, f'--child={name}',
+                           f'--k={args.k}', f'--repeats={args.repeats}',
+                           *extra],
                           env=env, capture_output=True, text=True, check=True)
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     rows.append(res)
@@ -179,12 +244,25 @@ def main() -> None:
     load = f.read().split()[:3]
   print(f'load average after: {" ".join(load)}; '
         f'matmul {matmul_gflops():.0f} GFLOP/s')
-  print('\n| case | cold s | warm s | peak RSS MB | RSS before call MB |')
-  print('|---|---|---|---|---|')
-  for r in rows:
+  timed = [r for r in rows if 'cold_s' in r]
+  if timed:
+    print('\n| case | cold s | warm s | peak RSS MB | RSS before call MB |')
+    print('|---|---|---|---|---|')
+  for r in timed:
     warm = f"{r['warm_s']:.1f}" if 'warm_s' in r else '-'
     print(f"| {r['case']} | {r['cold_s']:.1f} | {warm} | "
           f"{r['peak_rss_mb']:.0f} | {r['rss_before_mb']:.0f} |")
+  knn_rows = [r for r in rows if CASES[r['case']][0] == 'knn']
+  if knn_rows:
+    print('\n| case | k | before warm s (min / median) | after warm s | '
+          'speed-up (min) | identical |')
+    print('|---|---|---|---|---|---|')
+  for r in knn_rows:
+    for k in args.k.split(','):
+      b, a = r[f'k{k}_before_warm_s'], r[f'k{k}_after_warm_s']
+      print(f"| {r['case']} | {k} | {min(b):.2f} / {np.median(b):.2f} | "
+            f"{min(a):.2f} / {np.median(a):.2f} | {min(b) / min(a):.2f}x | "
+            f"{r[f'k{k}_identical']} |")
 
 
 if __name__ == '__main__':

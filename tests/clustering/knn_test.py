@@ -1,4 +1,10 @@
-"""Tests for jreid.clustering.knn: exactness, tie order, sharding, errors."""
+"""Tests for jreid.clustering.knn: exactness, tie order, sharding, errors.
+
+The single-device scheme is checked bit for bit against the previous one
+(`_knn_single(..., reference=True)`, kept for that) on float features, and
+against a numpy brute force on integer features, whose distances float32
+computes exactly (ties included).
+"""
 
 from __future__ import annotations
 
@@ -41,6 +47,96 @@ def test_unit_rows_match_float64_brute_force():
   got = knn_lib.knn(x, 30, block_size=256)
   np.testing.assert_allclose(got.distances, want_d, atol=2e-6)
   lib.assert_same_lists_up_to_near_ties(x, got.indices, want_idx, want_d)
+
+
+def _previous(x, k, block, farthest=False):
+  return tuple(None if a is None else np.asarray(a) for a in
+               knn_lib._knn_single(x, min(k, len(x)), block, farthest,
+                                   reference=True))
+
+
+def _assert_same_as_previous(x, k, block, farthest=False):
+  got = knn_lib.knn(x, k, block_size=block, farthest=farthest)
+  idx, dist, far = got
+  want_d, want_i, want_f = _previous(x, k, block, farthest)
+  np.testing.assert_array_equal(idx, want_i)
+  np.testing.assert_array_equal(dist, want_d)
+  if farthest:
+    np.testing.assert_array_equal(far, want_f)
+  return got
+
+
+# Blocks (after balancing to multiples of 64): 1,000 rows at 512 -> 2 x 512
+# (64 chunks of 8: the chunked selection), at 300 -> 4 x 256 (32 chunks, just
+# over k = 30), at 128 -> 8 x 128 (16 chunks <= k: plain top_k), at 64 with
+# k = 100 > block; 61 rows -> one block of 61 (not a multiple of 8).
+@pytest.mark.parametrize('n,k,block,farthest', [
+    (1000, 30, 512, True), (1000, 30, 300, False), (1000, 21, 128, True),
+    (1000, 100, 64, False), (1000, 1, 512, False), (61, 30, 2048, True)])
+def test_float_features_same_as_previous_scheme_bit_for_bit(n, k, block,
+                                                            farthest):
+  rng = np.random.default_rng(n + k + block)
+  x = lib.unit_rows(rng, n, 64)
+  x[[7, 500 % n, n - 1]] = x[3]  # exact duplicates across blocks
+  got = _assert_same_as_previous(x, k, block, farthest)
+  for row in (3, 7, 500 % n, n - 1):
+    assert sorted(got.indices[row, :min(4, k)].tolist()) == sorted(
+        [3, 7, 500 % n, n - 1])[:min(4, k)]
+
+
+def test_clustered_features_same_as_previous_scheme():
+  # Near neighbours packed into a few blocks, as with features listed by
+  # identity: late blocks hold almost no candidates, early ones many.
+  x, _ = lib.clustered(np.random.default_rng(8), 1500, 40, d=48)
+  _assert_same_as_previous(x, 30, 400, farthest=True)
+
+
+@pytest.mark.parametrize('n,k,block', [(1100, 30, 512), (1100, 30, 300),
+                                       (900, 45, 256), (700, 70, 64)])
+def test_tie_heavy_integer_features_match_brute_force(n, k, block):
+  # 3 dims of 5 values: 125 distinct points, so every list is mostly ties,
+  # and whole chunks share their minimum.
+  x = np.random.default_rng(n + block).integers(-2, 3, (n, 3)).astype(
+      np.float32)
+  want_idx, want_d = lib.brute_knn(x, k)
+  got = _assert_same_as_previous(x, k, block, farthest=True)
+  np.testing.assert_array_equal(got.indices, want_idx)
+  np.testing.assert_array_equal(got.distances, want_d.astype(np.float32))
+
+
+def test_identical_rows_in_chunked_blocks_are_ordered_by_index():
+  # Every chunk minimum ties: the selection must keep the lowest chunks.
+  x = np.ones((600, 4), np.float32) / 2
+  got = knn_lib.knn(x, 30, block_size=256)
+  np.testing.assert_array_equal(got.indices,
+                                np.tile(np.arange(30), (600, 1)))
+
+
+def test_candidates_hold_each_lines_best_entries():
+  # The pre-selection alone, on a block with many equal values and an
+  # unmasked (+inf) k-th distance: the candidates' k best are the line's.
+  rng = np.random.default_rng(9)
+  d = rng.integers(0, 6, (96, 128)).astype(np.float32)
+  d[5] = 3.0
+  k = 10
+  for axis in (1, 0):
+    lines = d if axis == 1 else d.T
+    kth = np.full(len(lines), np.inf, np.float32)
+    kth[:4] = 2.0  # lists already full: only entries below 2 may enter
+    v, pos = jax.jit(knn_lib._candidates, static_argnums=(2, 3))(
+        d, kth, k, axis)
+    v, pos = np.asarray(v), np.asarray(pos)
+    assert (np.diff(pos, axis=1) > 0).all()  # index order for _merge
+    np.testing.assert_array_equal(v, np.where(
+        np.take_along_axis(lines, pos, 1) < kth[:, None],
+        np.take_along_axis(lines, pos, 1), np.inf))
+    masked = np.where(lines < kth[:, None], lines, np.inf)
+    for row in range(len(lines)):
+      # Masked entries never enter a full list: compare the finite ones.
+      m = min(k, np.isfinite(masked[row]).sum())
+      order = np.lexsort((np.arange(lines.shape[1]), masked[row]))[:m]
+      kept = np.lexsort((pos[row], v[row]))[:m]
+      np.testing.assert_array_equal(pos[row][kept], order)
 
 
 def test_sharded_over_a_mesh_equals_single_device():
