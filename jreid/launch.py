@@ -138,6 +138,18 @@ def sweep(config: str | mlc.ConfigDict,
 
 
 # --------------------------------------------------------------------- CLI
+def split_common_args(argv: list[str]) -> tuple[list[str], list[str]]:
+  """(the launcher's own args, the --config.X=V args and those after --
+  that go to every run)."""
+  extra = []
+  if '--' in argv:
+    i = argv.index('--')
+    argv, extra = argv[:i], argv[i + 1:]
+  pattern = re.compile(r'^-{1,2}(no)?config\.')
+  return ([a for a in argv if not pattern.match(a)],
+          [a for a in argv if pattern.match(a)] + extra)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   """`python -m jreid.launch ...`.
 
@@ -160,13 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument('--max_parallel', type=int, default=1)
   parser.add_argument('--python', default=sys.executable,
                       help='interpreter of the runs (default: this one)')
-  extra = []
-  if '--' in argv:
-    i = argv.index('--')
-    argv, extra = argv[:i], argv[i + 1:]
-  pattern = re.compile(r'^-{1,2}(no)?config\.')
-  common = [a for a in argv if pattern.match(a)] + extra
-  args = parser.parse_args([a for a in argv if not pattern.match(a)])
+  own, common = split_common_args(argv)
+  args = parser.parse_args(own)
   try:
     rows = sweep(args.config, launch_grid.parse_grid(args.grid),
                  args.workdir_root, mode=args.mode, common=common,

@@ -163,13 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument('--mode', choices=launch.MODES, default='subprocess')
   parser.add_argument('--max_parallel', type=int, default=1)
   parser.add_argument('--python', default=sys.executable)
-  extra = []
-  if '--' in argv:
-    i = argv.index('--')
-    argv, extra = argv[:i], argv[i + 1:]
-  pattern = re.compile(r'^-{1,2}(no)?config\.')
-  common = [a for a in argv if pattern.match(a)] + extra
-  args = parser.parse_args([a for a in argv if not pattern.match(a)])
+  own, common = launch.split_common_args(argv)
+  args = parser.parse_args(own)
   try:
     trials = [int(t) for t in args.trials.split(',') if t.strip()]
     summary = run_trials(args.config, args.workdir_root, trials=trials,

@@ -202,12 +202,17 @@ class ClusteringMethod(base.Method):
       return str(e)
     return None
 
+  def previous_usable(self, state, epoch) -> bool:
+    """Whether the labels in `state` can train `epoch` if its refresh fails."""
+    del epoch
+    return bool(np.any(np.asarray(state.extra['labels']) >= 0))
+
   def _keep_previous(self, state, epoch, info, problem, n):
     """A failed refresh: keep labels and memories, or stop with a clear error."""
     m = self.config.method
     failed = int(state.extra['failed_refreshes']) + 1
     limit = int(m.get('max_failed_refreshes', 3))
-    have_previous = bool(np.any(np.asarray(state.extra['labels']) >= 0))
+    have_previous = self.previous_usable(state, epoch)
     advice = (f'{problem} (epoch {epoch}, {n} images, eps={m.eps}, k1={m.k1}, '
               f'min_samples={m.min_samples}). Raise config.method.eps, lower '
               'min_samples, or start from pretrained weights '

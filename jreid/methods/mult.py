@@ -190,31 +190,12 @@ class MULT(clustering_base.ClusteringMethod):
       return str(e)
     return None
 
-  def _keep_previous(self, state, epoch, info, problem, n):
-    """A failed refresh keeps the previous labels and memories (as the other
-    unsupervised methods), unless there are none usable for this epoch."""
-    m = self.config.method
-    failed = int(state.extra['failed_refreshes']) + 1
-    limit = int(m.get('max_failed_refreshes', 3))
+  def previous_usable(self, state, epoch):
+    """The previous labels must make this epoch's batches (stage 2 needs
+    cross-modality labels that a stage-1 refresh never set)."""
     previous = {k: np.asarray(jax.device_get(state.extra[k]))
                 for k in ('label_v', 'label_r')}
-    usable = self._sampler_problem_vi(previous, epoch) is None
-    advice = (f'{problem} (epoch {epoch}, {n} images, eps={m.eps}, k1={m.k1},'
-              f' min_samples={m.min_samples}). Raise config.method.eps, lower '
-              'min_samples, or start from pretrained weights '
-              '(config.model.pretrained).')
-    if not usable or failed > limit:
-      raise clustering_base.ClusteringError(
-          f'clustering failed: {advice}' + (
-              ' The previous labels cannot make this epoch\'s batches.'
-              if not usable else f' {failed} refreshes in a row failed '
-              f'(limit config.method.max_failed_refreshes={limit}).'))
-    logging.warning('refresh kept the previous labels and memories: %s',
-                    advice)
-    extra = dict(state.extra)
-    extra['failed_refreshes'] = jnp.asarray(failed, jnp.int32)
-    info['refresh_failed'] = 1
-    return state.replace(extra=extra), info
+    return self._sampler_problem_vi(previous, epoch) is None
 
   def _cluster_modality(self, feats, ctx, what):
     result = self.cluster(feats, ctx)
