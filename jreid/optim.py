@@ -43,6 +43,9 @@ cos(a, b, p) = b + (a - b)(1 + cos(pi p)) / 2, from a at p = 0 to b at p = 1:
             here t >= T holds step T - 1's values.
   cosine    CosineAnnealingLR(T_max=T, eta_min=cfg.min_lr) stepped per step:
             lr = cos(cfg.lr, eta_min, t / T) (periodic past T, as PyTorch).
+  cosine_epoch  the same stepped per epoch, T_max = T / steps_per_epoch
+            epochs: lr = cos(cfg.lr, eta_min, floor(t / spe) / T_max)
+            (CMIL's WL-MUDD recipe).
 
 Methods with several optimizers (GCL: 'id', 'gen', 'dis') list them under
 `cfg.groups`; `make_optimizers` builds one per group.
@@ -60,7 +63,7 @@ import optax
 Schedule = Callable[[jnp.ndarray], jnp.ndarray]
 
 OPTIMIZERS = ('adam', 'amsgrad', 'sgd')
-SCHEDULES = ('', 'onecycle', 'cosine')  # '' = per epoch (warmup / step).
+SCHEDULES = ('', 'onecycle', 'cosine', 'cosine_epoch')  # '' = per epoch.
 
 
 def warmup_multistep(base_lr: float, steps_per_epoch: int, *,
@@ -193,6 +196,10 @@ def make_schedule(cfg, steps_per_epoch: int,
   if name == 'cosine':
     return cosine_annealing(cfg.lr, _total_steps(cfg, total_steps),
                             cfg.get('min_lr', 0.0))
+  if name == 'cosine_epoch':
+    epochs = _total_steps(cfg, total_steps) // steps_per_epoch
+    per_epoch = cosine_annealing(cfg.lr, epochs, cfg.get('min_lr', 0.0))
+    return lambda step: per_epoch(jnp.asarray(step) // steps_per_epoch)
   if cfg.get('step_size', 0):
     return step_decay(cfg.lr, steps_per_epoch, step_size=cfg.step_size,
                       gamma=cfg.decay_factor)
@@ -262,7 +269,14 @@ def scale_by_torch_adam(b1: float | Schedule = 0.9, b2: float = 0.999,
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-def make_optimizer(cfg, steps_per_epoch: int, total_steps: int | None = None
+def _shifted(fn: Schedule | None, offset: int) -> Schedule | None:
+  if fn is None or not offset:
+    return fn
+  return lambda step: fn(step + offset)
+
+
+def make_optimizer(cfg, steps_per_epoch: int, total_steps: int | None = None,
+                   *, step_offset: int = 0
                    ) -> tuple[optax.GradientTransformation, Schedule]:
   """Returns (optax transformation, lr schedule) for config.optim.
 
@@ -271,12 +285,19 @@ def make_optimizer(cfg, steps_per_epoch: int, total_steps: int | None = None
     steps_per_epoch: steps of one epoch, for the per-epoch schedules.
     total_steps: steps of the whole run, for the per-step schedules when
       cfg.total_steps is unset; ignored by the per-epoch ones.
+    step_offset: run step of this optimizer's first update. The lr (and
+      cycled b1) follow the run's schedule, read at count + step_offset,
+      while Adam's bias correction counts this optimizer's own updates: a
+      parameter group that starts training late, as PyTorch's per-parameter
+      Adam state does for layers frozen during CMIL's fix-base epochs. The
+      returned schedule is the run's (unshifted).
   """
   if cfg.name not in OPTIMIZERS:
     raise ValueError(f'config.optim.name={cfg.name!r} is unknown; known: '
                      f'{OPTIMIZERS}')
-  schedule = make_schedule(cfg, steps_per_epoch, total_steps)
-  momentum = make_momentum_schedule(cfg, total_steps)
+  run_schedule = make_schedule(cfg, steps_per_epoch, total_steps)
+  schedule = _shifted(run_schedule, step_offset)
+  momentum = _shifted(make_momentum_schedule(cfg, total_steps), step_offset)
   if cfg.name == 'sgd':
     if momentum is None:
       direction = optax.trace(decay=cfg.get('momentum', 0.9),
@@ -294,7 +315,7 @@ def make_optimizer(cfg, steps_per_epoch: int, total_steps: int | None = None
   tx = optax.chain(
       optax.add_decayed_weights(cfg.weight_decay), direction,
       optax.scale_by_schedule(lambda s: -schedule(s)))
-  return tx, schedule
+  return tx, run_schedule
 
 
 def make_optimizers(cfg, steps_per_epoch: int, total_steps: int | None = None

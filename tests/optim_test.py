@@ -303,3 +303,34 @@ def test_make_optimizers_groups_inherit_from_the_parent():
   cfg.groups.dis.name = 'rmsprop'
   with pytest.raises(ValueError, match=r"groups\.dis: .*'rmsprop'"):
     optim.make_optimizers(cfg, 4)
+
+
+def test_cosine_epoch_is_per_epoch_cosine_annealing():
+  """CosineAnnealingLR(T_max = epochs) stepped once per epoch."""
+  cfg = _cfg(schedule='cosine_epoch', lr=0.1, min_lr=1e-4)
+  s = optim.make_schedule(cfg, steps_per_epoch=3, total_steps=30)
+  got = np.asarray(jax.vmap(s)(jnp.arange(30)))
+  per_epoch = _torch_cosine(0.1, 10, 1e-4, 10)
+  np.testing.assert_allclose(got, np.repeat(per_epoch, 3), rtol=1e-5)
+
+
+@pytest.mark.parametrize('name', ['adam', 'amsgrad'])
+def test_step_offset_reads_the_run_schedule_with_own_bias_correction(name):
+  """A group that starts at run step 4: lr and b1 of steps 4.., but Adam's
+  bias correction restarts at 1 (PyTorch's lazily created state)."""
+  total, offset = 12, 4
+  cfg = _cfg(name=name, schedule='onecycle', lr=0.05, pct_start=0.3)
+  tx, sched = optim.make_optimizer(cfg, steps_per_epoch=5, total_steps=total,
+                                   step_offset=offset)
+  assert float(sched(0)) == pytest.approx(
+      float(optim.make_schedule(cfg, 5, total)(0)))  # The run's schedule.
+  grads = _grads(total - offset, seed=4)
+  lrs, b1s = _torch_one_cycle(0.05, total, 0.3)
+  expected = _torch_adam(THETA, grads, lrs[offset:], b1s[offset:], 0.99, 1e-8,
+                         5e-4, amsgrad=name == 'amsgrad')
+  np.testing.assert_allclose(_run(tx, THETA, grads), expected, rtol=2e-5,
+                             atol=1e-6)
+  unshifted = _torch_adam(THETA, grads, lrs[:total - offset],
+                          b1s[:total - offset], 0.99, 1e-8, 5e-4,
+                          amsgrad=name == 'amsgrad')
+  assert np.max(np.abs(unshifted - expected)) > 1e-4
