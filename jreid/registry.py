@@ -33,6 +33,13 @@ _TABLE: dict[str, dict[str, Any]] = {
         # Custom data: Market-style folders, or a path,pid,camid,split CSV.
         'folder': 'jreid.data.datasets.folder:load',
         'csv': 'jreid.data.datasets.csv_list:load',
+        # Weakly labelled sets (CMIL): train records are bag entries with
+        # fields 'bag' (the weak label) and 'true_pid' (-1 when unknown).
+        'wl_market1501': 'jreid.data.datasets.wl_market1501:load',
+        'wl_mudd': 'jreid.data.datasets.wl_mudd:load',
+        'sysu30k': 'jreid.data.datasets.sysu30k:load',
+        'synthetic_mudd': 'jreid.data.datasets.synthetic_mudd:load',
+        'synthetic_sysu30k': 'jreid.data.datasets.synthetic_sysu30k:load',
     },
     'method': {
         'supervised': 'jreid.methods.supervised:Supervised',
@@ -46,6 +53,7 @@ _TABLE: dict[str, dict[str, Any]] = {
         'mmt': 'jreid.methods.mmt:MMT',
         'scr': 'jreid.methods.scr:SCR',
         'mult': 'jreid.methods.mult:MULT',
+        'cmil': 'jreid.methods.cmil:CMIL',
     },
     # fn(model_cfg, num_classes) -> flax module; config.model.type selects.
     'model': {
@@ -53,6 +61,7 @@ _TABLE: dict[str, dict[str, Any]] = {
         'abmt_net': 'jreid.models.abmt_net:build_model',
         'scr_net': 'jreid.models.scr_net:build_model',
         'vi_net': 'jreid.models.vi_net:build_model',
+        'cmil_net': 'jreid.models.cmil_net:build_model',
     },
     # cls.from_config(name, protocol, config, datasets, extractor) -> Evaluator;
     # config.evals.protocols[name].type selects.
@@ -63,6 +72,8 @@ _TABLE: dict[str, dict[str, Any]] = {
         # Visible-infrared protocols: SYSU-MM01 trials, RegDB both directions.
         'sysu': 'jreid.evaluation.vi_evaluator:SysuEvaluator',
         'regdb': 'jreid.evaluation.vi_evaluator:RegdbEvaluator',
+        # CUHK03-style single-gallery-shot CMC over repeated draws (WL-MUDD).
+        'single_shot': 'jreid.evaluation.single_shot:SingleShotEvaluator',
     },
 }
 

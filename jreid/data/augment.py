@@ -393,6 +393,9 @@ RECIPES: dict[str, tuple[Any, ...]] = {
     'scr': ('random_flip', 'normalize',
             ('random_erasing', {'fill': (0.0, 0.0, 0.0)})),
     'scr_thesis': ('random_flip', 'normalize'),
+    # CMIL (spec_cmil.md §6): torchreid's random_flip only (WL-Market1501,
+    # SYSU-30k).
+    'cmil': ('random_flip', 'normalize'),
     # Visible-infrared (MULT stage 2 and ADCA's DCL; spec_vi_mult.md §4): the
     # visible base view, its channel-exchanged twin, the infrared view.
     'vi_visible': ('pad_crop', 'random_flip', 'normalize',
