@@ -1,0 +1,116 @@
+"""CMIL's network: crop encoder, mini-bag accumulator, bag classifier.
+
+  model = build_model(config.model, num_bags)
+  out = model.apply(variables, x, train=True, bag_size=n, base_train=True,
+                    mutable=['batch_stats'])
+  z = model.apply(variables, x, train=False)['embedding']   # test feature
+
+x is (B, H, W, 3) normalised float images with B = M n for a batch of M
+mini-bags of n crops laid out contiguously (jreid.data.mini_bags). `out`:
+'embedding' (B, D) crop embeddings z (OSNet: 512-d after FC-BN-ReLU;
+torchreid's resnet50mid: 3,072-d); with bag_size > 0 also 'bag' (M, D) the
+accumulated r = g(z_m1..z_mn) and 'logits' (M, num_bags).
+
+Parameter groups (spec §6, torchreid's open_specified_layers with CMIL's
+['classifier', 'bag_classifier', 'attention', 'fc']): `is_head(path)` is
+True for the accumulator, the bag classifier and the encoder's 'fc' (OSNet's
+fc_0 / fc_1; resnet50mid has no 'fc' — its fusion layer is 'fc_fuse' and
+stays frozen, as there); during the fix-base epochs only those train and
+`base_train=False` runs every other BatchNorm on its running statistics.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jreid.models import osnet
+from jreid.models import resnet_mid
+from jreid.models import set_transformer
+
+BACKBONES = ('osnet', 'resnet50mid')
+_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+# Encoder sub-modules in the head group, per backbone.
+_HEAD_ENCODER = {'osnet': ('fc_0', 'fc_1'), 'resnet50mid': ()}
+
+
+def _torch_linear_init(fan_in: int):
+  """nn.Linear's default: weight and bias U(-1/sqrt(fan_in), +)."""
+  bound = 1.0 / math.sqrt(fan_in)
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+  return init
+
+
+class CMILNet(nn.Module):
+  """Encoder + accumulator + bag classifier (module docstring)."""
+  backbone: str = 'osnet'
+  width: str = 'x1_0'
+  accumulator: str = 'set_transformer'
+  num_bags: int = 0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False, *, bag_size: int = 0,
+               base_train: bool | None = None) -> dict[str, jax.Array]:
+    base_train = train if base_train is None else base_train
+    if self.backbone == 'osnet':
+      encoder = osnet.OSNet(width=self.width, dtype=self.dtype, name='encoder')
+    else:
+      encoder = resnet_mid.ResNetMid(name='encoder')
+    out = encoder(x, train, base_train=base_train)
+    z = out['embedding'].astype(jnp.float32)
+    result = {'embedding': z}
+    if bag_size:
+      if z.shape[0] % bag_size:
+        raise ValueError(f'a batch of {z.shape[0]} crops is not a whole '
+                         f'number of mini-bags of {bag_size}')
+      r = set_transformer.Accumulator(kind=self.accumulator,
+                                      name='accumulator')(
+                                          z.reshape(-1, bag_size, z.shape[-1]))
+      d = r.shape[-1]
+      result['bag'] = r
+      result['logits'] = nn.Dense(
+          self.num_bags, kernel_init=_torch_linear_init(d),
+          bias_init=_torch_linear_init(d), name='bag_classifier')(r)
+    return result
+
+
+def is_head(path: tuple[str, ...], backbone: str = 'osnet') -> bool:
+  """True for a params path that trains during the fix-base epochs."""
+  if path[0] in ('accumulator', 'bag_classifier'):
+    return True
+  return (path[0] == 'encoder' and len(path) > 1
+          and path[1] in _HEAD_ENCODER[backbone])
+
+
+def load_pretrained(variables, path: str, cfg):
+  """ImageNet weights into the encoder: torchreid's OSNet file, or the
+  torchvision ResNet-50 file for resnet50mid."""
+  if cfg.get('backbone', 'osnet') == 'osnet':
+    return osnet.load_pretrained(variables, path, prefix=('encoder',))
+  return resnet_mid.load_pretrained(variables, path, prefix=('encoder',))
+
+
+def build_model(cfg: Any, num_classes: int = 0) -> CMILNet:
+  """CMILNet from config.model: backbone ('osnet'), width ('x1_0'),
+  accumulator ('set_transformer'), dtype ('float32'); num_classes bags."""
+  backbone = cfg.get('backbone', 'osnet')
+  if backbone not in BACKBONES:
+    raise ValueError(f'model.backbone={backbone!r} is not one of {BACKBONES}')
+  acc = cfg.get('accumulator', 'set_transformer')
+  if acc not in set_transformer.KINDS:
+    raise ValueError(f'model.accumulator={acc!r} is not one of '
+                     f'{set_transformer.KINDS}')
+  dtype = cfg.get('dtype', 'float32')
+  if dtype not in _DTYPES:
+    raise ValueError(f'model.dtype={dtype!r} is not one of {tuple(_DTYPES)}')
+  width = cfg.get('width', 'x1_0')
+  osnet.channels(width)  # validates with its own message
+  return CMILNet(backbone=backbone, width=width, accumulator=acc,
+                 num_bags=int(num_classes), dtype=_DTYPES[dtype])
