@@ -14,7 +14,8 @@ references (spec_unsupervised.md §1.3), where PIL ops run before ToTensor +
 Normalize and RandomErasing after it:
 
   pixel space (float32 holding integer values 0..255, as PIL's uint8):
-    random_flip, pad_crop, grayscale, gaussian_blur
+    random_flip, pad_crop, grayscale, gaussian_blur, random_crop,
+    color_jitter (the last two leave non-integer values: no uint8 rounding)
   normalised space ((x / 255 - mean) / std):
     random_erasing, cap_erasing
 
@@ -201,6 +202,98 @@ def gaussian_blur(images: Array, keys: Array, *, p: float = 0.5,
   return _per_example(one, images, keys, 2)
 
 
+def random_crop(images: Array, keys: Array, *, p: float = 0.5,
+                scale: float = 1.125) -> Array:
+  """torchreid's Random2DTranslation(H, W, p): enlarge, then crop back.
+
+  With probability p the image is resized to (round(H * scale),
+  round(W * scale)) (Python's half-to-even round, static) with bilinear
+  interpolation, and the (H, W) window at x1 = round(U(0, new_W - W)),
+  y1 = round(U(0, new_H - H)) (jnp.round, half-to-even as Python's) is
+  cropped; otherwise the image is returned unchanged (torchreid resizes it to
+  (H, W), the identity for our pre-sized images).
+
+  Differences from torchreid: the gate is U < p (torchreid: U <= p, which
+  differs only on a measure-zero draw), and the resize is
+  jax.image.resize(bilinear, half-pixel centres, weights renormalised at the
+  border) on float pixels, not PIL BILINEAR on uint8: PIL rounds to uint8
+  between and after its separable passes, so its result differs from ours by
+  up to 1 gray level (measured at 256x128 and smaller). No rounding here.
+
+  Args:
+    images: (B, H, W, C) pixel-space images.
+    keys: (B,) typed PRNG keys, or their (B, 3) uniforms (gate, x1, y1).
+    p: probability of translating an example.
+    scale: enlargement factor before the crop.
+
+  Returns:
+    (B, H, W, C) float32.
+  """
+  def one(x, u):
+    h, w, c = x.shape
+    big_h, big_w = round(h * scale), round(w * scale)  # Static shapes.
+    big = jax.image.resize(x, (big_h, big_w, c), method='bilinear',
+                           antialias=False)
+    x1 = jnp.round(u[1] * (big_w - w)).astype(jnp.int32)
+    y1 = jnp.round(u[2] * (big_h - h)).astype(jnp.int32)
+    crop = jax.lax.dynamic_slice(big, (y1, x1, 0), (h, w, c))
+    return jnp.where(u[0] < p, crop, x)
+  return _per_example(one, images, keys, 3)
+
+
+# PIL's convert('L') weights (torchreid's ColorJitter runs on PIL images).
+_LUMA = (0.299, 0.587, 0.114)
+
+
+def color_jitter(images: Array, keys: Array, *, brightness: float = 0.2,
+                 contrast: float = 0.15) -> Array:
+  """torchvision ColorJitter(brightness, contrast, saturation=0, hue=0).
+
+  As in torchreid's 'color_jitter' (always applied). Factors are
+  b ~ U[max(0, 1 - brightness), 1 + brightness] and
+  c ~ U[max(0, 1 - contrast), 1 + contrast]; torchvision applies the enabled
+  adjustments in a random order, so brightness then contrast or the reverse,
+  each with probability 1/2:
+    brightness: clip(x * b, 0, 255)
+    contrast:   clip(c * x + (1 - c) * m, 0, 255), m the mean over the image
+                of the gray level 0.299 R + 0.587 G + 0.114 B.
+  brightness=0 or contrast=0 disables that adjustment (factor 1).
+
+  Differences from torchvision on PIL images: float pixels throughout, so no
+  uint8 rounding after each step, and m is the float mean, where PIL takes
+  the mean of its integer 'L' image rounded to an integer (under 1 gray
+  level apart, so under |1 - c| <= 0.15 in the output).
+
+  Args:
+    images: (B, H, W, 3) pixel-space images.
+    keys: (B,) typed PRNG keys, or their (B, 3) uniforms (b, c, order).
+    brightness: brightness jitter amplitude.
+    contrast: contrast jitter amplitude.
+
+  Returns:
+    (B, H, W, 3) float32, within [0, 255].
+  """
+  def factor(amplitude, u):
+    low = max(0.0, 1.0 - amplitude)
+    return low + (1.0 + amplitude - low) * u
+
+  def one(x, u):
+    b, c = factor(brightness, u[0]), factor(contrast, u[1])
+
+    def adjust_brightness(y):
+      return jnp.clip(y * b, 0.0, 255.0)
+
+    def adjust_contrast(y):
+      # Elementwise sum, not a matmul: no reduced-precision dot on GPU/TPU.
+      m = jnp.mean(y[..., 0] * _LUMA[0] + y[..., 1] * _LUMA[1]
+                   + y[..., 2] * _LUMA[2])
+      return jnp.clip(c * y + (1.0 - c) * m, 0.0, 255.0)
+
+    return jnp.where(u[2] < 0.5, adjust_contrast(adjust_brightness(x)),
+                     adjust_brightness(adjust_contrast(x)))
+  return _per_example(one, images, keys, 3)
+
+
 def normalize(images: Array, keys: Array | None = None, *,
               mean: Sequence[float] = MEAN,
               std: Sequence[float] = STD) -> Array:
@@ -365,6 +458,8 @@ OPS: dict[str, tuple[Callable[..., Array], int, Callable[[dict], int]]] = {
     'pad_crop': (pad_crop, _PIXEL, lambda kw: 2),
     'grayscale': (grayscale, _PIXEL, lambda kw: 0),
     'gaussian_blur': (gaussian_blur, _PIXEL, lambda kw: 2),
+    'random_crop': (random_crop, _PIXEL, lambda kw: 3),
+    'color_jitter': (color_jitter, _PIXEL, lambda kw: 3),
     'normalize': (normalize, _NORMALIZE, lambda kw: 0),
     'random_erasing': (random_erasing, _NORMALISED, _erasing_uniforms),
     'cap_erasing': (cap_erasing, _NORMALISED, _erasing_uniforms),
@@ -396,6 +491,10 @@ RECIPES: dict[str, tuple[Any, ...]] = {
     # CMIL (spec_cmil.md §6): torchreid's random_flip only (WL-Market1501,
     # SYSU-30k).
     'cmil': ('random_flip', 'normalize'),
+    # CMIL's WL-MUDD (spec_cmil.md §6): flip, color-jitter, random-crop, in
+    # torchreid build_transforms' order (flip, Random2DTranslation,
+    # ColorJitter, then ToTensor + Normalize).
+    'cmil_mudd': ('random_flip', 'random_crop', 'color_jitter', 'normalize'),
     # Visible-infrared (MULT stage 2 and ADCA's DCL; spec_vi_mult.md §4): the
     # visible base view, its channel-exchanged twin, the infrared view.
     'vi_visible': ('pad_crop', 'random_flip', 'normalize',
@@ -441,7 +540,8 @@ def _parse(spec: ViewSpec, pad: int | None = None
   if spaces.count(_NORMALIZE) != 1 or spaces != sorted(spaces):
     raise ValueError(
         f'a view needs exactly one normalize, with pixel-space ops '
-        f'(random_flip, pad_crop, grayscale, gaussian_blur) before it and '
+        f'(random_flip, pad_crop, grayscale, gaussian_blur, random_crop, '
+        f'color_jitter) before it and '
         f'erasing and channel ops after it; got '
         f'{[name for name, _, _ in ops]}')
   return ops
@@ -477,7 +577,8 @@ def make_view(spec: ViewSpec, *, pad: int | None = None
 
   Args:
     spec: a recipe name from RECIPES ('test', 'bot', 'cluster_contrast',
-      'spcl', 'cacl_color', 'cacl_gray', 'ice_strong', 'ice_weak', 'cap') or
+      'spcl', 'cacl_color', 'cacl_gray', 'ice_strong', 'ice_weak', 'cap',
+      'cmil', 'cmil_mudd', ...) or
       a list of op names / (op name, kwargs) pairs from OPS.
     pad: pad_crop's padding in pixels where the spec leaves it at its
       default (10, the references' Pad(10) at 256x128); smaller images want

@@ -183,7 +183,7 @@ def test_recipes_under_jit():
   distinct = {}
   for name, ops in augment.RECIPES.items():
     distinct.setdefault(repr(ops), name)  # Aliases share one compile.
-  assert len(distinct) == 11
+  assert len(distinct) == 12
   for name in distinct.values():
     y = jax.jit(augment.make_view(name))(x, jax.random.key(0))
     assert y.shape == x.shape and y.dtype == jnp.float32
