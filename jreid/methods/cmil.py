@@ -45,8 +45,8 @@ _GROUPS = ('head', 'base')
 
 
 def cmil_losses(r: jax.Array, logits: jax.Array, z: jax.Array,
-                labels: jax.Array, *, margin: float, epsilon: float = 0.1
-                ) -> dict[str, jax.Array]:
+                labels: jax.Array, *, margin: float, epsilon: float = 0.1,
+                normalize_feature: bool = False) -> dict[str, jax.Array]:
   """{'triplet', 'ce', 'align'} of one batch.
 
   Args:
@@ -56,8 +56,16 @@ def cmil_losses(r: jax.Array, logits: jax.Array, z: jax.Array,
     labels: (M,) bag labels; < 0 = padding mini-bag.
     margin: triplet margin.
     epsilon: label smoothing.
+    normalize_feature: the triplet on L2-normalised r (torchreid's
+      `loss.triplet.normalize_feature`, a switch of the reference's sweeps;
+      False in every released config). A scale-free triplet cannot be
+      lowered by shrinking every vector, which noisy bags otherwise do from
+      random init (benchmarks/cmil.md).
   """
-  return {'triplet': bag.bag_triplet(r, labels, margin),
+  r_t = r
+  if normalize_feature:
+    r_t = r / jnp.maximum(jnp.linalg.norm(r, axis=-1, keepdims=True), 1e-12)
+  return {'triplet': bag.bag_triplet(r_t, labels, margin),
           'ce': classification.cross_entropy_label_smooth(
               logits, labels, epsilon=epsilon),
           'align': bag.alignment(r, z, labels)}
@@ -177,7 +185,8 @@ class CMIL(base.Method):
     labels = batch['label'].reshape(-1, n)[:, 0]
     z = out['embedding'].reshape(-1, n, out['embedding'].shape[-1])
     terms = cmil_losses(out['bag'], out['logits'], z, labels,
-                        margin=m.triplet_margin, epsilon=m.ce_epsilon)
+                        margin=m.triplet_margin, epsilon=m.ce_epsilon,
+                        normalize_feature=m.get('normalize_feature', False))
     loss = (m.triplet_weight * terms['triplet'] + m.ce_weight * terms['ce']
             + m.align_weight * terms['align'])
     acc = jnp.mean(jnp.argmax(out['logits'], -1) == labels)

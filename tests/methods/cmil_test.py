@@ -34,7 +34,8 @@ def tiny(root, arg='runlocal', **overrides):
   c.data.root = root
   c.data.kwargs.update(train_testlib.TINY_DATA)
   c.data.image_size = (32, 16)
-  c.model.width = 'x0_25'
+  c.model.width = 'x0_25'   # backbone=osnet
+  c.model.resnet_width = 8  # the synthetic preset's ResNet-18
   if c.method.bag_size > 1:
     c.method.bag_size = c.sampler.num_instances = 4
   c.sampler.batch_size = 16
@@ -89,8 +90,13 @@ def test_recipe_presets_and_switches():
   assert cmil_config.get_config('acc=max').model.accumulator == 'max'
   assert cmil_config.get_config(
       'backbone=resnet50mid').model.backbone == 'resnet50mid'
+  duke = cmil_config.get_config('dataset=dukemtmc')  # WL-DukeMTMC
+  assert (duke.data.name, duke.data.kwargs.base) == ('wl_market1501',
+                                                     'dukemtmc')
+  assert cmil_config.get_config('').model.backbone == 'resnet'  # synthetic
+  assert mudd.aug.train == 'cmil_mudd' and c.aug.train == 'cmil'
   for bad, msg in (('noise=70', 'noise=70'), ('loss=mil', 'loss='),
-                   ('dataset=market1501', 'dataset=')):
+                   ('dataset=cuhk03', 'dataset='), ('backbone=vit', 'backbone=')):
     with pytest.raises(ValueError, match=msg):
       cmil_config.get_config(bad)
 
@@ -146,8 +152,9 @@ def test_one_and_eight_devices_give_the_same_losses(root, tmp_path):
 
 
 def test_trust_baseline_is_crops_on_bag_labels(root, tmp_path):
+  """Mini-bags of one crop, the identity sampler; OSNet in the loop."""
   s = train.train_and_evaluate(
-      tiny(root, 'loss=trust,runlocal', num_epochs=1, steps_per_epoch=4,
+      tiny(root, 'loss=trust,backbone=osnet,runlocal', num_epochs=1, steps_per_epoch=4,
            **{'evals.every_epochs': 1}), str(tmp_path / 'trust'))
   assert s['train_step_traces'] == 1  # no fix-base epochs
   assert np.all(np.isfinite(_losses(str(tmp_path / 'trust'))))
@@ -160,3 +167,30 @@ def test_a_dataset_without_bags_is_a_clear_error(root, tmp_path):
   c.data.kwargs = dict(train_testlib.TINY_DATA)
   with pytest.raises(ValueError, match='no field "bag".*wl_market1501'):
     train.train_and_evaluate(c, str(tmp_path / 'nobags'))
+
+
+def test_cmil_losses_and_the_normalised_triplet_switch():
+  """cmil_losses composes the bag losses; normalize_feature=True puts the
+  triplet (only) on unit vectors, so scaling r leaves it unchanged."""
+  from jreid.losses import bag  # pylint: disable=g-import-not-at-top
+  from jreid.methods import cmil  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  r = rng.normal(size=(6, 5)).astype(np.float32)
+  z = rng.normal(size=(6, 3, 5)).astype(np.float32)
+  logits = rng.normal(size=(6, 4)).astype(np.float32)
+  labels = np.array([0, 0, 1, 1, 2, -1], np.int32)
+  plain = cmil.cmil_losses(r, logits, z, labels, margin=0.5)
+  np.testing.assert_allclose(plain['triplet'],
+                             bag.bag_triplet(r, labels, 0.5), rtol=1e-6)
+  np.testing.assert_allclose(plain['align'], bag.alignment(r, z, labels),
+                             rtol=1e-6)
+  unit = r / np.linalg.norm(r, axis=1, keepdims=True)
+  normed = cmil.cmil_losses(r, logits, z, labels, margin=0.5,
+                            normalize_feature=True)
+  np.testing.assert_allclose(normed['triplet'],
+                             bag.bag_triplet(unit, labels, 0.5), rtol=1e-5)
+  scaled = cmil.cmil_losses(3 * r, logits, 3 * z, labels, margin=0.5,
+                            normalize_feature=True)
+  np.testing.assert_allclose(scaled['triplet'], normed['triplet'], rtol=1e-5)
+  assert not np.isclose(float(plain['triplet']), float(normed['triplet']))
+  np.testing.assert_allclose(normed['ce'], plain['ce'], rtol=1e-6)
