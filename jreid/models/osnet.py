@@ -322,19 +322,10 @@ def load_pretrained(variables: Mapping[str, Any], path: str, *,
   prefix = pretrained._as_prefix(prefix)  # pylint: disable=protected-access
   table = _table(variables, prefix)
   mine = {k: _torch_shape(leaf.shape) for k, (_, leaf) in table.items()}
-  missing = sorted(set(mine) - set(state))
-  unexpected = sorted(set(state) - set(mine))
-  wrong = [f'{k}: file {tuple(state[k].shape)} vs model {mine[k]}'
-           for k in sorted(set(mine) & set(state))
-           if tuple(state[k].shape) != mine[k]]
-  if missing or unexpected or wrong:
+  problems = pretrained.mismatch_lines(state, mine)
+  if problems:
     lines = [f'pretrained weights {path!r} do not match the OSNet at prefix '
-             f'{prefix!r} (torchreid layout expected):']
-    for what, keys in (('missing keys', missing),
-                       ('unexpected keys', unexpected),
-                       ('shape mismatches', wrong)):
-      if keys:
-        lines.append(f'  {what}: {pretrained._listing(keys)}')  # pylint: disable=protected-access
+             f'{prefix!r} (torchreid layout expected):'] + problems
     stem = 'conv1.conv.weight'
     if stem in state and stem in mine and state[stem].shape != mine[stem]:
       have = {c[0]: w for w, c in ARCH_CHANNELS.items()}

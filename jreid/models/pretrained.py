@@ -299,25 +299,29 @@ def _listing(keys: list[str]) -> str:
   return f'({len(keys)}) ' + ', '.join(keys[:_SHOWN]) + more
 
 
-def _check_file(state: Mapping[str, np.ndarray],
-                expected: Mapping[str, tuple[int, ...]], path: str,
-                arch: str) -> None:
-  """The file must be exactly `arch` (all keys, no others, same shapes)."""
+def mismatch_lines(state: Mapping[str, np.ndarray],
+                   expected: Mapping[str, tuple[int, ...]]) -> list[str]:
+  """'  missing keys: ...', 'unexpected keys', 'shape mismatches' lines of a
+  state dict against the expected {key: shape}; [] when they match."""
   missing = sorted(set(expected) - set(state))
   unexpected = sorted(set(state) - set(expected))
   wrong = [f'{k}: file {tuple(state[k].shape)} vs model {expected[k]}'
            for k in sorted(set(expected) & set(state))
            if tuple(state[k].shape) != expected[k]]
-  if missing or unexpected or wrong:
-    lines = [f'pretrained weights {path!r} do not match {arch!r} '
-             '(torchvision layout expected):']
-    if missing:
-      lines.append(f'  missing keys: {_listing(missing)}')
-    if unexpected:
-      lines.append(f'  unexpected keys: {_listing(unexpected)}')
-    if wrong:
-      lines.append(f'  shape mismatches: {_listing(wrong)}')
-    raise ValueError('\n'.join(lines))
+  return [f'  {what}: {_listing(keys)}' for what, keys in (
+      ('missing keys', missing), ('unexpected keys', unexpected),
+      ('shape mismatches', wrong)) if keys]
+
+
+def _check_file(state: Mapping[str, np.ndarray],
+                expected: Mapping[str, tuple[int, ...]], path: str,
+                arch: str) -> None:
+  """The file must be exactly `arch` (all keys, no others, same shapes)."""
+  lines = mismatch_lines(state, expected)
+  if lines:
+    raise ValueError('\n'.join(
+        [f'pretrained weights {path!r} do not match {arch!r} '
+         '(torchvision layout expected):'] + lines))
 
 
 def _check_target(table: Mapping[str, tuple[tuple, Any]],
