@@ -150,15 +150,8 @@ def _file_name(job: Job, frame: int, rng: np.random.Generator) -> str:
 
 def make_cameras(p: Params) -> list[dict]:
   """The cameras of the set (synthetic_draw.make_camera), one per camid."""
-  look = synthetic_draw.domain_look(p.domain)
-  # Cameras get evenly spread scene hues, cycle through the scene kinds (and
-  # colour casts), and cycle through preferred views shifted every third
-  # camera, so that no scene kind always comes with the same view.
-  hue0, kind0, view0 = _rng(p, 5).integers(99, size=3)
-  return [synthetic_draw.make_camera(
-      _rng(p, 4, c), (p.height, p.width), hue0 / 99 + c / p.num_cams,
-      (kind0 + c) % 3, (view0 + c + c // 3) % 3, look, cast=hue0 + c)
-          for c in range(p.num_cams)]
+  return synthetic_draw.spread_cameras(
+      lambda *key: _rng(p, *key), (p.height, p.width), p.num_cams, p.domain)
 
 
 def make_person(p: Params, person: int) -> dict:

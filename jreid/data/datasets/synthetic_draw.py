@@ -191,6 +191,28 @@ def make_camera(rng: np.random.Generator, size: tuple[int, int],
                for _ in range(4)])
 
 
+
+def spread_cameras(rng, size: tuple[int, int], num: int, domain: int
+                   ) -> list[dict]:
+  """`num` cameras (make_camera) spread over the scene looks of a set.
+
+  Cameras get evenly spread scene hues, cycle through the scene kinds (and
+  colour casts), and cycle through preferred views shifted every third
+  camera, so that no scene kind always comes with the same view.
+
+  Args:
+    rng: the set's stream factory, rng(*key) -> np.random.Generator; keys
+      (5,) and (4, c) are drawn.
+    size: (H, W) of the images.
+    num: number of cameras.
+    domain: domain_look's domain.
+  """
+  look = domain_look(domain)
+  hue0, kind0, view0 = rng(5).integers(99, size=3)
+  return [make_camera(rng(4, c), size, hue0 / 99 + c / num, (kind0 + c) % 3,
+                      (view0 + c + c // 3) % 3, look, cast=hue0 + c)
+          for c in range(num)]
+
 def _muted(rng: np.random.Generator, hue: float | None = None,
            sat: tuple[float, float] = (0.15, 0.55),
            val: tuple[float, float] = (0.3, 0.85)) -> np.ndarray:

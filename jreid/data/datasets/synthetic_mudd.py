@@ -189,12 +189,8 @@ def plan(p: Params) -> list[Crop]:
 
 def make_cameras(p: Params) -> list[dict]:
   """One camera per event (synthetic_draw.make_camera), spread out."""
-  look = synthetic_draw.domain_look(p.domain)
-  hue0, kind0, view0 = _rng(p, 5).integers(99, size=3)
-  return [synthetic_draw.make_camera(
-      _rng(p, 4, c), (p.height, p.width), hue0 / 99 + c / p.num_events,
-      (kind0 + c) % 3, (view0 + c + c // 3) % 3, look, cast=hue0 + c)
-          for c in range(p.num_events)]
+  return synthetic_draw.spread_cameras(
+      lambda *key: _rng(p, *key), (p.height, p.width), p.num_events, p.domain)
 
 
 def _marker(p: Params) -> dict:

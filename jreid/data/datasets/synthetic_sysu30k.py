@@ -145,12 +145,8 @@ def plan(p: Params) -> dict[str, list[Shot]]:
 
 def make_cameras(p: Params) -> list[dict]:
   """The set's cameras, with scene hue, kind and view spread over them."""
-  look = synthetic_draw.domain_look(p.domain)
-  hue0, kind0, view0 = _rng(p, 5).integers(99, size=3)
-  return [synthetic_draw.make_camera(
-      _rng(p, 4, c), (p.height, p.width), hue0 / 99 + c / p.num_cams,
-      (kind0 + c) % 3, (view0 + c + c // 3) % 3, look, cast=hue0 + c)
-          for c in range(p.num_cams)]
+  return synthetic_draw.spread_cameras(
+      lambda *key: _rng(p, *key), (p.height, p.width), p.num_cams, p.domain)
 
 
 def generate(folder: str, p: Params) -> None:
