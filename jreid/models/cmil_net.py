@@ -22,7 +22,6 @@ stays frozen, as there); during the fix-base epochs only those train and
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import flax.linen as nn
@@ -40,15 +39,6 @@ _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 # Encoder sub-modules in the head group, per backbone.
 _HEAD_ENCODER = {'osnet': ('fc_0', 'fc_1'), 'resnet50mid': (),
                  'resnet': ('fc_0', 'fc_1')}
-
-
-def _torch_linear_init(fan_in: int):
-  """nn.Linear's default: weight and bias U(-1/sqrt(fan_in), +)."""
-  bound = 1.0 / math.sqrt(fan_in)
-
-  def init(key, shape, dtype=jnp.float32):
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
-  return init
 
 
 class ResNetFC(nn.Module):
@@ -106,9 +96,8 @@ class CMILNet(nn.Module):
                                           z.reshape(-1, bag_size, z.shape[-1]))
       d = r.shape[-1]
       result['bag'] = r
-      result['logits'] = nn.Dense(
-          self.num_bags, kernel_init=_torch_linear_init(d),
-          bias_init=_torch_linear_init(d), name='bag_classifier')(r)
+      result['logits'] = set_transformer.torch_linear(
+          self.num_bags, d, 'bag_classifier')(r)
     return result
 
 

@@ -17,7 +17,6 @@ embedding come in through `config.init` (spec §4.9).
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import flax.linen as nn
@@ -26,6 +25,7 @@ import jax.numpy as jnp
 
 from jreid.models import norm
 from jreid.models import resnet
+from jreid.models import set_transformer
 
 NUM_PARTS = 4
 EMBED_DIM = 512
@@ -47,16 +47,6 @@ def part_pool(fmap: jax.Array, parts: int = NUM_PARTS) -> jax.Array:
                      .astype(jnp.float32), axis=(1, 2))
             for p in range(parts)]
   return jnp.stack(strips, axis=-1).reshape(fmap.shape[0], -1)
-
-
-def _torch_linear_init(fan_in: int):
-  """nn.Linear's default U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (the reference
-  leaves the embedding layer at PyTorch's init)."""
-  bound = 1.0 / math.sqrt(fan_in)
-
-  def init(key, shape, dtype=jnp.float32):
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
-  return init
 
 
 class IdentityEncoder(nn.Module):
@@ -86,10 +76,9 @@ class IdentityEncoder(nn.Module):
                          bn_group_size=self.bn_group_size, dtype=self.dtype,
                          name='backbone')(x, train)
     pooled = jnp.mean(fmap.astype(jnp.float32), axis=(1, 2))
-    f = nn.Dense(self.embed_dim,
-                 kernel_init=_torch_linear_init(pooled.shape[-1]),
-                 bias_init=_torch_linear_init(pooled.shape[-1]),
-                 name='embed')(pooled)
+    # The reference leaves the embedding layer at PyTorch's default init.
+    f = set_transformer.torch_linear(self.embed_dim, pooled.shape[-1],
+                                     'embed')(pooled)
     f = norm.GroupBatchNorm(group_size=self.bn_group_size,
                             name='embed_bn')(f, train)
     return {'f_id': part_pool(fmap), 'embedding': f, 'fmap': fmap}

@@ -64,7 +64,7 @@ def xavier_uniform_3d(key: jax.Array, shape: tuple[int, ...],
   return _uniform(xavier_bound(shape))(key, shape, dtype)
 
 
-def _linear(features: int, fan_in: int, name: str) -> nn.Dense:
+def torch_linear(features: int, fan_in: int, name: str) -> nn.Dense:
   """nn.Linear(fan_in, features) with PyTorch's default init."""
   bound = 1.0 / math.sqrt(fan_in)
   return nn.Dense(features, kernel_init=_uniform(bound),
@@ -93,9 +93,9 @@ class MAB(nn.Module):
     d, h = self.dim_out, self.num_heads
     if d % h:
       raise ValueError(f'MAB: num_heads={h} does not divide dim_out={d}')
-    qp = _linear(d, q.shape[-1], 'fc_q')(q)
-    kp = _linear(d, k.shape[-1], 'fc_k')(k)
-    vp = _linear(d, k.shape[-1], 'fc_v')(k)
+    qp = torch_linear(d, q.shape[-1], 'fc_q')(q)
+    kp = torch_linear(d, k.shape[-1], 'fc_k')(k)
+    vp = torch_linear(d, k.shape[-1], 'fc_v')(k)
     # torch's Q.split(d // h, 2) takes contiguous channel chunks: a reshape.
     heads = lambda t: t.reshape(*t.shape[:-1], h, d // h)
     qh, kh, vh = heads(qp), heads(kp), heads(vp)
@@ -105,7 +105,7 @@ class MAB(nn.Module):
     o = o.reshape(*o.shape[:-2], d)
     if self.ln:
       o = nn.LayerNorm(epsilon=LN_EPS, name='ln0')(o)
-    o = o + jax.nn.relu(_linear(d, d, 'fc_o')(o))
+    o = o + jax.nn.relu(torch_linear(d, d, 'fc_o')(o))
     if self.ln:
       o = nn.LayerNorm(epsilon=LN_EPS, name='ln1')(o)
     return o
@@ -189,7 +189,7 @@ class SetTransformer(nn.Module):
     x = PMA(d, h, self.num_outputs, ln, name='dec_0')(x)
     x = SAB(d, h, ln, name='dec_1')(x)
     x = SAB(d, h, ln, name='dec_2')(x)
-    return _linear(self.dim_output, d, 'dec_3')(x)
+    return torch_linear(self.dim_output, d, 'dec_3')(x)
 
 
 def pool(z: jax.Array, kind: str) -> jax.Array:
