@@ -228,13 +228,8 @@ class OSNet(nn.Module):
 
 # --- Weights in torchreid's layout ------------------------------------------
 
-_LEAVES = {
-    ('params', 'kernel'): 'weight',
-    ('params', 'scale'): 'weight',
-    ('params', 'bias'): 'bias',
-    ('batch_stats', 'mean'): 'running_mean',
-    ('batch_stats', 'var'): 'running_var',
-}
+# Flax leaf -> torch suffix: torchreid names leaves as torchvision does.
+_LEAVES = pretrained._LEAVES  # pylint: disable=protected-access
 
 
 def _to_torch(x: np.ndarray) -> np.ndarray:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -11,21 +10,11 @@ from PIL import Image, ImageEnhance
 import pytest
 
 from jreid.data import augment
+import augment_testlib
 
-MEAN = np.array(augment.MEAN, np.float32)
-STD = np.array(augment.STD, np.float32)
-
-
-def _images(b=6, h=16, w=8, seed=0):
-  return np.random.default_rng(seed).integers(0, 256, (b, h, w, 3), np.uint8)
-
-
-def _keys(b, seed=0):
-  return jax.random.split(jax.random.key(seed), b)
-
-
-def _jit(op, **kwargs):
-  return jax.jit(functools.partial(op, **kwargs))
+MEAN, STD = augment_testlib.MEAN, augment_testlib.STD
+_images, _keys, _jit = (augment_testlib.images, augment_testlib.keys,
+                        augment_testlib.jit)
 
 
 # ------------------------------------------------------ numpy references ---

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import subprocess
 import sys
@@ -15,23 +14,12 @@ from PIL import Image, ImageFilter
 import pytest
 
 from jreid.data import augment
+import augment_testlib
 from jreid.data import pil_blur
 
-MEAN = np.array(augment.MEAN, np.float32)
-STD = np.array(augment.STD, np.float32)
-
-
-def _images(b=6, h=16, w=8, seed=0):
-  return np.random.default_rng(seed).integers(0, 256, (b, h, w, 3), np.uint8)
-
-
-def _keys(b, seed=0):
-  return jax.random.split(jax.random.key(seed), b)
-
-
-def _jit(op, **kwargs):
-  """The op under jit: one compile instead of op-by-op dispatch."""
-  return jax.jit(functools.partial(op, **kwargs))
+MEAN, STD = augment_testlib.MEAN, augment_testlib.STD
+_images, _keys, _jit = (augment_testlib.images, augment_testlib.keys,
+                        augment_testlib.jit)
 
 
 def test_normalize_matches_numpy():
