@@ -28,9 +28,11 @@ Launch (weights from a local torchreid file; datasets under data/):
     that labelled set (data.kwargs.base), e.g. a WL-DukeMTMC.
   dataset=synthetic (default): WL-Market1501 built from the built-in
     synthetic set (75% noise), 64x32, random init, a ResNet-18 of width 16
-    with OSNet's fc head (backbone=osnet: OSNet-x0.25), on a CPU
-    in minutes (benchmarks/cmil.md); synthetic_mudd / synthetic_sysu30k: the
-    synthetic people in the MUDD and SYSU-30k layouts.
+    with OSNet's fc head (backbone=osnet: OSNet-x0.25), mini-bags of 10 x 6
+    per batch, the triplet on unit bag vectors (method.normalize_feature),
+    30 x 40 steps on a CPU in 3 minutes (benchmarks/cmil.md);
+    synthetic_mudd / synthetic_sysu30k: the synthetic people in the MUDD and
+    SYSU-30k layouts.
   Switches: noise=50|66|75|80|90 (WL-Market1501: d = 1, 2, 3, 4, 9 wrong-bag
     copies per image), acc=avg|max|sum|set_transformer (pooling ablation),
     loss=cmil|ce_only (the `miml` configs: w_t = 0)|trust (the "trust the
