@@ -104,6 +104,14 @@ class CMIL(base.Method):
     self._num_bags = int(self.labels.max(initial=-1)) + 1
     self.bag_size = int(config.method.get('bag_size',
                                           config.sampler.num_instances))
+    s = config.sampler
+    if s.kind.startswith('mini_bag') and s.num_instances != self.bag_size:
+      # The sampler lays out blocks of num_instances crops of one bag and
+      # the step cuts the batch into bag_size: they must agree.
+      raise ValueError(
+          f'config.method.bag_size={self.bag_size} differs from '
+          f'config.sampler.num_instances={s.num_instances}: the mini-bag '
+          'sampler writes mini-bags of num_instances crops; set both to n')
     self.backbone = config.model.get('backbone', 'osnet')
     self.view = augment.make_view(config.aug.train, pad=config.aug.get('pad'))
 

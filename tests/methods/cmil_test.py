@@ -202,3 +202,10 @@ def test_cmil_losses_and_the_normalised_triplet_switch():
   np.testing.assert_allclose(scaled['triplet'], normed['triplet'], rtol=1e-5)
   assert not np.isclose(float(plain['triplet']), float(normed['triplet']))
   np.testing.assert_allclose(normed['ce'], plain['ce'], rtol=1e-6)
+
+
+def test_mini_bag_size_must_match_the_sampler(root, tmp_path):
+  c = tiny(root, **{'method.bag_size': 2})  # sampler still writes 4s
+  with pytest.raises(ValueError, match='bag_size=2 differs from '
+                     'config.sampler.num_instances=4'):
+    train.train_and_evaluate(c, str(tmp_path / 'mismatch'))
