@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from jreid.models import set_transformer as st
+import loss_testlib
 
 # A small configuration: 4 heads of 4 channels, 5 inducing points, D = 12.
 SMALL = dict(dim_output=12, num_outputs=1, num_inds=5, dim_hidden=16,
@@ -200,16 +201,6 @@ def test_permutation_invariance_and_pooling_values(kind, small):
 
 
 # ---------------------------------------------------------------- gradients
-def _fd(f, x, eps=1e-6):
-  """Central finite differences of scalar f at every entry of x (float64)."""
-  g = np.zeros_like(x)
-  for i in np.ndindex(x.shape):
-    d = np.zeros_like(x)
-    d[i] = eps
-    g[i] = (f(x + d) - f(x - d)) / (2 * eps)
-  return g
-
-
 def test_gradients_match_finite_differences(small):
   acc, v, _ = small
   z = _z((3, 7, 12), 9)
@@ -221,14 +212,14 @@ def test_gradients_match_finite_differences(small):
 
   gp, gz = jax.jit(jax.grad(loss, argnums=(0, 1)))(v['params'], z)
   np_loss = lambda pp, zz: np.sum(np_set_transformer(pp, zz, 4)[:, 0] * w)
-  want_z = _fd(lambda zz: np_loss(p, zz), z)
+  want_z = loss_testlib.fd_grad(lambda zz: np_loss(p, zz), z)
   np.testing.assert_allclose(gz, want_z, rtol=1e-3, atol=1e-5)
   assert np.abs(want_z).max() > 1e-3
 
   def with_s(s):
     return np_loss({**p, 'dec_0': {**p['dec_0'], 'S': s}}, z)
 
-  want_s = _fd(with_s, p['dec_0']['S'])
+  want_s = loss_testlib.fd_grad(with_s, p['dec_0']['S'])
   got_s = gp['transformer_block']['dec_0']['S']
   np.testing.assert_allclose(got_s, want_s, rtol=1e-3, atol=1e-5)
   assert np.abs(want_s).max() > 1e-3
