@@ -93,18 +93,28 @@ def lsgan_g_loss(fake_outs: Sequence[Array]) -> Array:
 
 def _real_outs_and_r1(d_apply: DApply, real_images: Array,
                       weight: float) -> tuple[list[Array], Array]:
-  """D(real) (per-scale maps) and the R1 penalty (scalar)."""
+  """D(real) (per-scale maps) and the R1 penalty (scalar).
+
+  The penalty's value is weight mean_b |g_b|^2 with g = grad_x sum D_s(x);
+  its gradient w.r.t. D's parameters, 2 weight / B (d g / d theta)^T g, is
+  taken as the parameter gradient of the directional derivative
+  2 weight / B  jvp_x(sum D_s)(x; sg(g)) (reverse over forward), equal to
+  differentiating the gradient again (reverse over reverse) but built from
+  ordinary convolutions: the double backward compiled to slow transposed
+  kernels on the CPU (0.36 s vs 0.1 s per D update at 32x16).
+  """
   real_images = _f(real_images)
   outs = list(d_apply(real_images))
+  batch = real_images.shape[0]
   penalty = jnp.zeros((), real_images.dtype)
   for s in range(len(outs)):
     # One gradient per scale, of sum D_s(x) alone (compute_grad2 per scale).
-    # Under jit the other scales' nets are dead code in each gradient, so
-    # this is one backward per scale net; one VJP with one-hot cotangents
-    # would run all three nets backward per scale (and compiled slower).
-    grad = jax.grad(lambda x, s=s: jnp.sum(_f(d_apply(x)[s])))(real_images)
-    per_sample = jnp.sum(jnp.square(grad).reshape(grad.shape[0], -1), axis=1)
-    penalty = penalty + weight * jnp.mean(per_sample)
+    total = lambda x, s=s: jnp.sum(_f(d_apply(x)[s]))
+    grad = jax.lax.stop_gradient(jax.grad(total)(real_images))
+    value = weight * jnp.sum(jnp.square(grad)) / batch
+    _, along = jax.jvp(total, (real_images,), (grad,))
+    surrogate = 2.0 * weight * along / batch
+    penalty = penalty + value + surrogate - jax.lax.stop_gradient(surrogate)
   return outs, penalty
 
 
@@ -123,6 +133,21 @@ def r1_penalty(d_apply: DApply, real_images: Array,
     once (gcl_d_loss counts it once per fake type).
   """
   return _real_outs_and_r1(d_apply, real_images, weight)[1]
+
+
+def _batched_outs(d_apply: DApply, images: Sequence[Array]
+                  ) -> list[list[Array]]:
+  """[d_apply(x) for x in images] from one call on their concatenation.
+
+  D has no batch coupling (no normalisation across samples), so each
+  sample's patch maps are the same either way; one call makes a third of
+  the graph (compile time) and larger convolutions.
+  """
+  sizes = [x.shape[0] for x in images]
+  outs = d_apply(jnp.concatenate(images, axis=0))
+  splits = [sum(sizes[:i + 1]) for i in range(len(sizes) - 1)]
+  per_scale = [jnp.split(o, splits, axis=0) for o in outs]
+  return [[scale[i] for scale in per_scale] for i in range(len(images))]
 
 
 def gcl_d_loss(d_apply: DApply, real_images: Array,
@@ -145,8 +170,8 @@ def gcl_d_loss(d_apply: DApply, real_images: Array,
   """
   real_outs, r1 = _real_outs_and_r1(d_apply, real_images, r1_weight)
   loss = jnp.zeros((), r1.dtype)
-  for fake in fake_images:
-    fake_outs = d_apply(jax.lax.stop_gradient(fake))
+  for fake_outs in _batched_outs(d_apply, [jax.lax.stop_gradient(f)
+                                           for f in fake_images]):
     loss = loss + gan_weight * (lsgan_d_loss(real_outs, fake_outs) + r1)
   return loss
 
@@ -164,6 +189,6 @@ def gcl_g_loss(d_apply: DApply, fake_images: Sequence[Array], *,
     Scalar adversarial loss of G.
   """
   loss = jnp.zeros((), jnp.float32)
-  for fake in fake_images:
-    loss = loss + gan_weight * lsgan_g_loss(d_apply(fake))
+  for fake_outs in _batched_outs(d_apply, fake_images):
+    loss = loss + gan_weight * lsgan_g_loss(fake_outs)
   return loss
