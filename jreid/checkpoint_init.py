@@ -22,7 +22,8 @@ from jreid import paths
 _SHOWN = 5  # paths listed per error category.
 
 
-def load_init_variables(path: str, keys: str = '') -> dict[str, Any]:
+def load_init_variables(path: str, keys: str = '', *,
+                        from_ema: bool = False) -> dict[str, Any]:
   """{'params', 'batch_stats'} of the newest checkpoint of another run.
 
   Used for `config.init`: the model is initialised from a previous jreid run
@@ -35,6 +36,9 @@ def load_init_variables(path: str, keys: str = '') -> dict[str, Any]:
     keys: '' for everything; else a regex (`config.init_keys`), and only the
       leaves whose path matches it are returned (see `leaf_path` for the
       form matched, e.g. 'params/backbone/conv1/kernel').
+    from_ema: take the run's momentum encoder (state.extra['ema'], the
+      network ICE, ICL, MMT and ABMT test and cluster with) instead of its
+      online params (`config.init_ema`).
 
   Returns:
     {'params': nested dict, 'batch_stats': nested dict}; with `keys`, only
@@ -63,6 +67,15 @@ def load_init_variables(path: str, keys: str = '') -> dict[str, Any]:
   get = (lambda k: state[k]) if isinstance(state, dict) else (
       lambda k: getattr(state, k))
   variables = {'params': get('params'), 'batch_stats': get('batch_stats')}
+  if from_ema:
+    extra = get('extra')
+    if not isinstance(extra, dict) or 'ema' not in extra:
+      raise ValueError(
+          f'config.init={path!r} with config.init_ema=True: that run has no '
+          "momentum encoder (state.extra['ema']); its method keeps none. "
+          'Set config.init_ema=False to take its params.')
+    variables = {'params': extra['ema']['params'],
+                 'batch_stats': extra['ema'].get('batch_stats', {})}
   if not keys:
     return variables
   name = f'config.init={path!r}'

@@ -77,6 +77,18 @@ class MetricWriter:
       self._tb.close()
 
 
+def write_png(workdir: str, tag: str, step: int, image: Any) -> str | None:
+  """Writes uint8 (H, W, 3) `image` as <workdir>/images/<tag>_<step>.png
+  ('/' in the tag becomes '_'); process 0 only. Returns the path."""
+  if jax.process_index() != 0:
+    return None
+  path = paths.join(workdir, 'images',
+                    f"{tag.replace('/', '_')}_{int(step):07d}.png")
+  paths.makedirs(paths.dirname(path))
+  paths.write_atomic(path, tensorboard_lib.encode_png(image)[0])
+  return path
+
+
 def read_jsonl(path: str) -> list[dict[str, Any]]:
   """The rows of a metrics.jsonl; a line that does not parse is skipped.
 

@@ -54,6 +54,7 @@ _TABLE: dict[str, dict[str, Any]] = {
         'scr': 'jreid.methods.scr:SCR',
         'mult': 'jreid.methods.mult:MULT',
         'cmil': 'jreid.methods.cmil:CMIL',
+        'gcl': 'jreid.methods.gcl:GCL',
     },
     # fn(model_cfg, num_classes) -> flax module; config.model.type selects.
     'model': {

@@ -30,7 +30,7 @@ from jreid import provenance
 # re-run the same command to resume") must be accepted.
 SAFE = ('evals.', 'log_every_steps', 'checkpoint_every_steps',
         'keep_checkpoints', 'stop_after_step', 'mesh.', 'resume', 'init',
-        'init_keys', 'model.pretrained', 'data.cache_dir', 'data.in_memory',
+        'init_keys', 'init_ema', 'image_every_steps', 'model.pretrained', 'data.cache_dir', 'data.in_memory',
         'data.num_workers', 'optim.lr')
 # Data that moved (.root, .tfds_dir); a warning (.kwargs.check_sizes).
 _SAFE_SUFFIXES = ('.root', '.tfds_dir', '.kwargs.check_sizes')

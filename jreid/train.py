@@ -130,7 +130,8 @@ def _restore_or_init(config, method, state, abstract, shardings, ckpt):
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
   if config.get('init', ''):
     keys = config.get('init_keys', '')
-    init = checkpoint_init.load_init_variables(config.init)
+    init = method.adapt_init(checkpoint_init.load_init_variables(
+        config.init, from_ema=config.get('init_ema', False)))
     variables = checkpoint_init.merge_init(
         variables, init, keys, name=f'config.init={config.init}')
     logging.info('initialised %s from %s', f'the leaves matching {keys!r}'
@@ -344,6 +345,11 @@ def _train(config, workdir, method, data, mesh, refresh_extractor, evaluators,
         metrics.update(progress.rates(step))
         writer.write(step, metrics)
         logging.info('%s', progress.line(step, epoch, metrics))
+      every = config.get('image_every_steps', 0)
+      if every and (step % every == 0 or step == total_steps):
+        for tag, image in method.images(state).items():
+          metrics_io.write_png(workdir, tag, step, image)
+          writer.image(tag, step, image)
       stop = step == config.get('stop_after_step', 0)
       signalled = stopper.requested()
       # An epoch end with an evaluation is saved after it, with its metrics,

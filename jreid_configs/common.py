@@ -216,6 +216,8 @@ def base_config(dataset: str) -> mlc.ConfigDict:
   c.init = ''               # a workdir whose params initialise the model
   c.init_keys = ''          # regex over 'params/backbone/...' paths: take
                             # only these leaves from config.init ('' = all)
+  c.init_ema = False        # config.init's momentum encoder (ICE, ICL, MMT)
+  c.image_every_steps = 0   # method pictures (GCL grids) to workdir/images
   return c
 
 

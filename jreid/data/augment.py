@@ -495,6 +495,11 @@ RECIPES: dict[str, tuple[Any, ...]] = {
     # torchreid build_transforms' order (flip, Random2DTranslation,
     # ColorJitter, then ToTensor + Normalize).
     'cmil_mudd': ('random_flip', 'random_crop', 'color_jitter', 'normalize'),
+    # GCL's "contrast without generation" ablation with traditional
+    # augmentation (spec_thesis.md §4.8, Table 5.3: flip, crop, jitter,
+    # erasing); GCL itself trains on normalised images only ('test').
+    'gcl_off': ('random_flip', 'pad_crop', 'color_jitter', 'normalize',
+                'random_erasing'),
     # Visible-infrared (MULT stage 2 and ADCA's DCL; spec_vi_mult.md §4): the
     # visible base view, its channel-exchanged twin, the infrared view.
     'vi_visible': ('pad_crop', 'random_flip', 'normalize',

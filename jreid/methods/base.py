@@ -10,6 +10,8 @@ ICE, ICL), so a new method overrides only what its paper changes:
                                    'model' registry, config.model.type)
     `init_variables(key, hw)`      {'params', 'batch_stats'} of all of them
     `load_pretrained(vars, path)`  ImageNet weights into each backbone copy
+    `adapt_init(variables)`        config.init's variables -> this model's
+                                   tree (GCL: a stage-1 backbone under E_id)
     `after_load(state)`            runs once the initial weights are final
                                    (scratch, config.model.pretrained or
                                    config.init; not after a resume): EMA
@@ -30,6 +32,10 @@ ICE, ICL), so a new method overrides only what its paper changes:
                                    default: grad(loss) -> tx.update ->
                                    post_update. The loop adds 1 to step.
     `loss(...)`, `forward_train(...)`, `post_update(...)`
+  pictures
+    `images(state)`                {tag: uint8 (H, W, 3)}, written as PNG and
+                                   to TensorBoard every
+                                   config.image_every_steps steps (GCL)
   test
     `eval_variables(state)`, `eval_features(variables, x, fields)`
 
@@ -167,6 +173,10 @@ class Method:
     return pretrained.load_pretrained(variables, path,
                                       arch=self.config.model.name)
 
+  def adapt_init(self, variables: dict[str, PyTree]) -> dict[str, PyTree]:
+    """`config.init`'s {'params', 'batch_stats'} in this model's layout."""
+    return variables
+
   def after_load(self, state: TrainState) -> TrainState:
     """Runs once the initial weights are final (not after a resume)."""
     return state
@@ -270,6 +280,12 @@ class Method:
                   batch: dict[str, jax.Array]) -> TrainState:
     del aux, batch
     return state
+
+  # ---------------------------------------------------------------- pictures
+  def images(self, state: TrainState) -> dict[str, np.ndarray]:
+    """{tag: uint8 (H, W, 3)} to look at; called on every process."""
+    del state
+    return {}
 
   # -------------------------------------------------------------------- test
   def eval_variables(self, state: TrainState) -> PyTree:

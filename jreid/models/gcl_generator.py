@@ -142,7 +142,10 @@ class StructureEncoder(nn.Module):
   """E_str: grey mesh (B, H, W, 1) -> structure s (B, H/4, W/4, 128).
 
   Conv blocks are reflect-pad conv + IN (no affine) + lrelu(0.2). No tanh.
+  `dilations` are the ASPP's (3, 6, 9 at 256x128; a smaller image needs
+  smaller ones, since reflection needs dilation < H/4, W/4).
   """
+  dilations: tuple[int, ...] = (3, 6, 9)
 
   @nn.compact
   def __call__(self, x):
@@ -150,7 +153,7 @@ class StructureEncoder(nn.Module):
       x = lrelu(instance_norm(reflect_conv(x, feat, 3, f'conv{i + 1}', stride)))
     for k in range(NUM_RES):
       x = ResBlock(64, name=f'res{k + 1}')(x)
-    return ASPP(name='aspp')(x)
+    return ASPP(dilations=tuple(self.dilations), name='aspp')(x)
 
 
 class MLP(nn.Module):
@@ -227,13 +230,28 @@ class Decoder(nn.Module):
 
 
 class Generator(nn.Module):
-  """mesh (B, H, W, 1), f_id (B, 8192) -> image (B, H, W, 3)."""
+  """mesh (B, H, W, 1), f_id (B, 8192) -> image (B, H, W, 3).
+
+  `encode(mesh)` and `decode(s, f_id)` run the two halves (the image grids
+  reuse one structure code for several identities).
+  """
+  aspp_dilations: tuple[int, ...] = (3, 6, 9)
 
   def setup(self):
-    self.structure_encoder = StructureEncoder()
+    self.structure_encoder = StructureEncoder(
+        dilations=tuple(self.aspp_dilations))
     self.adain_mlps = AdaINMLPs()
     self.decoder = Decoder()
 
   def __call__(self, mesh, f_id):
     w, b = self.adain_mlps(f_id)
     return self.decoder(self.structure_encoder(mesh), w, b)
+
+  def encode(self, mesh):
+    """E_str: (B, H, W, 1) -> s (B, H/4, W/4, 128)."""
+    return self.structure_encoder(mesh)
+
+  def decode(self, s, f_id):
+    """G: s (B, h, w, 128), f_id (B, 4 C) -> image (B, 4h, 4w, 3)."""
+    w, b = self.adain_mlps(f_id)
+    return self.decoder(s, w, b)

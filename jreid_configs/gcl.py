@@ -1,0 +1,133 @@
+r"""GCL: joint generative and contrastive learning (thesis Ch. 5, CVPR'21).
+
+Reference recipe (chenhao2345/GCL, spec_thesis.md §4): ResNet-50 E_id (last
+stride 1, 512-d embedding + BN) warmed up by a stage-1 unsupervised run;
+256x128 RGB without augmentation; batch 16 shuffled; G and D Adam
+(0, 0.999) lr 1e-4, E_id SGD Nesterov 3.5e-4, wd 5e-4; gan_w 1, recon x /
+cycle / f 5, memory 1; LSGAN + R1 0.01; memory tau 0.04, K 8192, momentum
+0.2; Jaccard k1 30, k2 6, eps from rho 0.002 (MSMT17 0.0012), min_samples 4.
+Stage 2: 40 epochs, E_id frozen, constant lr. Stage 3: 20 epochs, every
+optimizer x0.1 after 10 (the thesis; see spec §4.11 on the code's resume).
+
+Launch (a stage-1 run, e.g. ICE, first; then the two stages, chained):
+
+  python -m jreid.main --config=jreid_configs/ice.py:dataset=market1501 \
+      --config.model.pretrained=/weights/resnet50-19c8e357.pth --workdir=runs/s1
+  python -m jreid.main --config=jreid_configs/gcl.py:dataset=market1501,stage=2 \
+      --config.init=runs/s1 --config.method.mesh_root=/meshes/market \
+      --workdir=runs/gcl_s2
+  python -m jreid.main --config=jreid_configs/gcl.py:dataset=market1501,stage=3 \
+      --config.init=runs/gcl_s2 --config.method.mesh_root=/meshes/market \
+      --workdir=runs/gcl_s3
+
+  structure=mesh (default on real sets; the authors' renders, §4.6) | proxy
+            (no files: edge structure + mirror, jreid/data/gcl_structure.py)
+            | off (stage 3 only: contrast without generation, with flip,
+            crop, jitter and erasing, Table 5.3)
+  source=<dataset>: a UDA setting (the stage-1 run adapted from it); the
+            GCL stages train on the target alone, as the reference.
+  feature_recon=code (E_id(x'_ori)) | thesis (E_id(x'_new), eq. 5.2)
+  runlocal: CPU smoke run on any dataset.
+
+Targets, mAP / rank-1 (%), thesis Tables 5.1-5.2 (GCL on the JVTC* warm-up;
+MMCL* in brackets; the JVTC+ rows need spatio-temporal re-ranking, §4.9):
+  market1501  unsupervised 63.4 / 83.7 (54.9 / 83.7)   Duke->Market 73.4 / 89.1
+  dukemtmc    unsupervised 53.3 / 72.4 (49.3 / 69.7)   Market->Duke 60.4 / 77.2
+  msmt17      unsupervised 18.0 / 41.6   Market->MSMT 21.5 / 45.0
+              Duke->MSMT 24.9 / 50.8
+  Table 5.3 (Market, JVTC*): off + augmentation 53.7 / 78.7.
+  Table 5.4: FID 59.86, SSIM 0.367 (Market, unsupervised).
+  synthetic   (stage 2 from an ICE synthetic run, proxy structure, CPU)
+              benchmarks/gcl.md
+"""
+
+from __future__ import annotations
+
+from jreid_configs import common
+
+# Train images per dataset: one stage-2 epoch is one pass at batch 16.
+TRAIN_SIZES = {'market1501': 12936, 'dukemtmc': 16522, 'msmt17': 32621,
+               'veri776': 37778}
+RHO = {'msmt17': 0.0012}
+# What config.init takes from a stage-1 run (its backbone) and from a
+# stage-2 run (everything).
+STAGE1_KEYS = '^(params|batch_stats)/identity/backbone/'
+
+
+def get_config(arg: str | None = None):
+  a = common.parse_arg(arg, dataset='synthetic', stage=2, structure='',
+                       source='', feature_recon='code', runlocal=False)
+  if a.stage not in (2, 3):
+    raise ValueError(f'stage={a.stage}: GCL has stages 2 and 3 (stage 1 is '
+                     'any unsupervised jreid run, given as config.init)')
+  synthetic = a.dataset.startswith('synthetic')
+  structure = a.structure or ('proxy' if synthetic else 'mesh')
+  c = common.base_config(a.dataset)
+  c.method = dict(
+      name='gcl', stage=a.stage, structure=structure, source=a.source,
+      mesh_root='', mesh_layout='', mesh_all_angles=False,
+      embed_dim=512, aspp_dilations=(3, 6, 9),
+      gan_weight=1.0, r1_weight=0.01, recon_x_weight=5.0,
+      recon_cycle_weight=5.0, recon_f_weight=5.0, memory_weight=1.0,
+      feature_recon=a.feature_recon,
+      temperature=0.04, num_negatives=8192, memory_momentum=0.2,
+      own_slot=True,   # L'_vi's positive: M[idx] (code) or f (eq. 5.7)
+      k1=30, k2=6, rho=RHO.get(a.dataset, 0.002), min_samples=4,
+      max_failed_refreshes=3, grid_images=8)
+  c.aug.train = 'gcl_off' if structure == 'off' else 'test'
+  c.sampler.kind = 'shuffle'
+  c.sampler.batch_size = 16
+  c.sampler.num_instances = 1
+  c.model.pooling = 'avg'
+  c.optim.name = 'adam'
+  c.optim.b1 = 0.0
+  c.optim.b2 = 0.999
+  c.optim.lr = 1e-4
+  c.optim.weight_decay = 5e-4
+  c.optim.warmup_epochs = 0
+  c.optim.decay_epochs = (10,) if a.stage == 3 else ()
+  c.optim.groups = dict(
+      gen={}, dis={},
+      id=dict(name='sgd', lr=3.5e-4, momentum=0.9, nesterov=True))
+  c.num_epochs = 40 if a.stage == 2 else 20
+  # Stage 3 trains on the clustered images only; jreid keeps a fixed epoch
+  # of one pass over all images (the reference's varies with the outliers).
+  c.steps_per_epoch = TRAIN_SIZES.get(a.dataset, 12936) // 16
+  c.checkpoint_every_steps = 5000 if a.stage == 2 else c.steps_per_epoch
+  c.evals.every_epochs = 10 if a.stage == 2 else 1
+  c.image_every_steps = 1000
+  c.init_keys = STAGE1_KEYS if a.stage == 2 else ''
+
+  if synthetic:
+    # The ICE synthetic preset's network and images (64x32, ResNet-18 of
+    # width 16), so its checkpoint is stage 1. The ASPP dilations scale
+    # with the image: (3, 6, 9) needs a structure map of at least 10
+    # columns (W >= 40); at 64x32 it has 8, and (1, 2, 3) keeps the
+    # paths' reach at the same fraction of the map.
+    common.apply_synthetic_unsupervised(c)
+    c.optim.lr = 1e-4  # the preset's 1e-3 is for the encoder's Adam
+    c.method.aspp_dilations = (1, 2, 3)
+    c.sampler.batch_size = 16
+    c.sampler.num_instances = 1
+    c.aug.pad = 3
+    # The generator's widths do not shrink with the image (its 128-channel
+    # decoder is most of a step: ~3 s at batch 16 on 2 CPU cores), so the
+    # stages are short: 200 steps each.
+    c.num_epochs = 4
+    c.steps_per_epoch = 50
+    c.optim.decay_epochs = (2,) if a.stage == 3 else ()
+    # Stage 1 = ICE, which tests (and clusters) with its momentum encoder.
+    c.init_ema = a.stage == 2
+    c.evals.every_epochs = 2 if a.stage == 2 else 1
+    c.image_every_steps = 100
+    c.checkpoint_every_steps = 100
+  if a.runlocal:
+    common.apply_runlocal(c)
+    c.optim.warmup_epochs = 0
+    c.optim.decay_epochs = (1,) if a.stage == 3 else ()
+    c.method.aspp_dilations = (1, 2, 3)
+    c.sampler.batch_size = 16
+    c.steps_per_epoch = 4
+    c.image_every_steps = 4
+    c.checkpoint_every_steps = 4
+  return c

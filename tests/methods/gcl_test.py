@@ -1,0 +1,354 @@
+"""GCL as a method: the step's order and gradients, stages, memory, resume.
+
+The networks and losses are checked against numpy transcriptions in
+tests/models/gcl_*_test.py and tests/losses/{gan,view_invariant}_test.py;
+here, how the method composes them: D first on detached fakes, G and E_id
+through the updated D, one forward (jax.vjp) equal to differentiating the
+whole loss directly; stage 2 freezing E_id; the memory; the loop.
+"""
+
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jreid import metrics_io
+from jreid import train
+from jreid.clustering import rho
+from jreid.data import augment
+from jreid.data import gcl_structure
+from jreid.losses import gan
+from jreid.losses import view_invariant as vi
+from jreid.methods import gcl
+from jreid.methods import clustering_base
+from jreid_configs import common
+from jreid_configs import gcl as gcl_config
+import methods_testlib
+import train_testlib
+
+
+@pytest.fixture(scope='module')
+def root(tmp_path_factory):
+  return str(tmp_path_factory.mktemp('synthetic'))
+
+
+def tiny(root, stage=2, structure='proxy', **overrides):
+  """The runlocal preset at 32x16, 2 epochs x 2 steps, loose clustering."""
+  c = gcl_config.get_config(f'stage={stage},structure={structure},runlocal')
+  c.data.root = root
+  c.data.kwargs = methods_testlib.TINY_DATA
+  train_testlib.shrink(c)
+  c.num_epochs, c.steps_per_epoch, c.evals.every_epochs = 2, 2, 2
+  c.method.update(num_negatives=20, rho=0.05, k1=10, min_samples=2,
+                  grid_images=3)
+  c.image_every_steps = 2
+  return common.override(c, **overrides)
+
+
+def _losses(workdir, key='loss'):
+  return [r[key] for r in metrics_io.read_jsonl(workdir + '/metrics.jsonl')
+          if key in r]
+
+
+@pytest.fixture(scope='module')
+def stage2(root, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('stage2'))
+  return workdir, train.train_and_evaluate(tiny(root), workdir)
+
+
+def _flat(tree):
+  return jax.tree.leaves(jax.device_get(tree))
+
+
+def _same(a, b):
+  return all(np.array_equal(x, y) for x, y in zip(_flat(a), _flat(b)))
+
+
+def test_stage2_trains_generator_and_discriminator_only(root, stage2,
+                                                        tmp_path):
+  workdir, result = stage2
+  assert result['train_step_traces'] == 1
+  c = tiny(root)
+  init = methods_testlib.loop_state(c, str(tmp_path / 'init'))[3]
+  done = methods_testlib.loop_state(c, workdir)[3]
+  assert int(done.step) == 4
+  assert _same(init.params['identity'], done.params['identity'])
+  assert _same(init.batch_stats, done.batch_stats)  # eval mode throughout
+  for part in ('generator', 'discriminator'):
+    assert not _same(init.params[part], done.params[part])
+  assert set(done.opt_state) == {'gen', 'dis'} and done.extra == {}
+  # The grid: 3 images x (real, structure, recon, 3 novel views, cycle).
+  grids = sorted(pathlib.Path(workdir).glob('images/gcl_grid_*.png'))
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  assert [g.name for g in grids] == ['gcl_grid_0000002.png',
+                                     'gcl_grid_0000004.png']
+  assert np.asarray(Image.open(grids[0])).shape == (3 * 32, 7 * 16, 3)
+  recon = _losses(workdir, 'recon_l1')
+  assert len(recon) == 4 and np.all(np.isfinite(recon))
+
+
+def _reference_step(method, state, images, batch, key, d_first=True):
+  """The step differentiated directly: no vjp, no shared structure code."""
+  m = method.config.method
+  _, _, k_draw = jax.random.split(key, 3)
+  x = augment.normalize(images)
+  s_o, s_n = gcl_structure.proxy_pair(images)
+  params = state.params
+
+  def forward(gp, ip):
+    stats = state.batch_stats['identity']
+
+    def enc(img):
+      nonlocal stats
+      out, upd = method.identity.apply({'params': ip, 'batch_stats': stats},
+                                       img, train=True, mutable=['batch_stats'])
+      stats = upd['batch_stats']
+      return out
+
+    g = lambda s, f: method.generator.apply({'params': gp}, s, f)
+    e0 = enc(x)
+    x1, x2 = g(s_o, e0['f_id']), g(s_n, e0['f_id'])
+    e1, e2 = enc(x1), enc(x2)
+    x3 = g(s_o, e2['f_id'])
+    e3 = enc(x3)
+    return (x1, x2, x3, e0, e1, e2, e3), stats
+
+  d = lambda dp: lambda img: method.discriminator.apply({'params': dp}, img)
+  (x1, x2, x3, *_), _ = forward(params['generator'], params['identity'])
+  d_grads = jax.grad(lambda dp: gan.gcl_d_loss(d(dp), x, [x1, x2, x3]))(
+      params['discriminator'])
+  upd, dis_opt = method.tx['dis'].update(d_grads, state.opt_state['dis'],
+                                         params['discriminator'])
+  d_new = optax.apply_updates(params['discriminator'], upd)
+  d_used = d_new if d_first else params['discriminator']
+
+  def total(gp, ip):
+    (x1, x2, x3, e0, e1, e2, e3), stats = forward(gp, ip)
+    p = jax.lax.stop_gradient(e0['f_id'])
+    f, f2 = gcl.unit(e0['embedding']), gcl.unit(e2['embedding'])
+    slots = vi.draw(k_draw, state.extra['labels'], batch['label'],
+                    m.num_negatives)
+    mem = vi.losses(f, f2, state.extra['memory'], batch['index'], slots,
+                    tau=m.temperature)['total']
+    loss = (gan.gcl_g_loss(d(d_used), [x1, x2, x3])
+            + 5 * jnp.mean(jnp.abs(x1 - x)) + 5 * jnp.mean(jnp.abs(x3 - x))
+            + 5 * jnp.mean(jnp.abs(e1['f_id'] - p))
+            + 5 * jnp.mean(jnp.abs(e3['f_id'] - p)) + mem)
+    return loss, (stats, f)
+
+  (loss, (stats, f)), (g_gen, g_id) = jax.value_and_grad(
+      total, argnums=(0, 1), has_aux=True)(params['generator'],
+                                           params['identity'])
+  out = {'discriminator': d_new}
+  for group, part, grads in (('gen', 'generator', g_gen),
+                             ('id', 'identity', g_id)):
+    upd, _ = method.tx[group].update(grads, state.opt_state[group],
+                                     params[part])
+    out[part] = optax.apply_updates(params[part], upd)
+  memory = vi.update(state.extra['memory'], batch['index'], f, 0.2)
+  return loss, out, stats, memory
+
+
+def test_stage3_step_equals_the_loss_differentiated_directly(root, stage2,
+                                                             tmp_path):
+  # SGD: Adam's first step is ~lr sign(g), which turns the rounding of a
+  # near-zero gradient into a visible difference.
+  c = tiny(root, stage=3, init=stage2[0], **{'optim.name': 'sgd'})
+  # A large D step, so that G's update through the old D would differ.
+  c.optim.groups.dis.lr = 0.5
+  _, data, method, state, _, ctx = methods_testlib.loop_state(
+      c, str(tmp_path / 'run'))
+  state, info = method.refresh(ctx, state, 0)
+  assert info['num_clusters'] >= 2 and bool(state.extra['memory_ready'])
+  # The memory starts as E_id's eval-mode unit features.
+  np.testing.assert_allclose(np.linalg.norm(state.extra['memory'], axis=1),
+                             1.0, rtol=1e-5)
+  batches = method.epoch_batches(state, 0, 1)
+  labels = np.asarray(state.extra['labels'])
+  assert np.all(labels[batches['index'][0]] >= 0)  # outliers left out
+  batch = {k: jnp.asarray(v[0]) for k, v in batches.items()}
+  table = np.asarray(data.images.array)
+  images = jnp.asarray(table[data.rows[batches['index'][0]]])
+  key = jax.random.key(7)
+  new, metrics = jax.jit(lambda s, i, b, k: method.train_step(s, i, b, k, 0))(
+      state, images, batch, key)
+  loss, want, stats, memory = jax.jit(
+      lambda s, i, b, k: _reference_step(method, s, i, b, k))(
+          state, images, batch, key)
+  np.testing.assert_allclose(metrics['loss'], loss, rtol=1e-5)
+  for part in ('identity', 'generator', 'discriminator'):
+    for got, exp in zip(_flat(new.params[part]), _flat(want[part])):
+      np.testing.assert_allclose(got, exp, rtol=2e-4, atol=2e-6)
+  for got, exp in zip(_flat(new.batch_stats['identity']), _flat(stats)):
+    np.testing.assert_allclose(got, exp, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(new.extra['memory'], memory, rtol=1e-5,
+                             atol=1e-6)
+  # G's loss is through the updated D: through the old one it is another.
+  old_loss = jax.jit(lambda s, i, b, k: _reference_step(
+      method, s, i, b, k, d_first=False)[0])(state, images, batch, key)
+  assert abs(float(old_loss) - float(loss)) > 1e-3 * abs(float(loss))
+
+
+def test_stage3_one_trace_exact_resume_and_memory(root, stage2, tmp_path):
+  full, split = str(tmp_path / 'full'), str(tmp_path / 'split')
+  a = train.train_and_evaluate(tiny(root, stage=3, init=stage2[0]), full)
+  assert a['train_step_traces'] == 1
+  names = metrics_io.read_jsonl(full + '/metrics.jsonl')
+  assert any('refresh/eps' in r for r in names)
+  # Stopped mid-epoch 1 (after its refresh), then the same command resumes.
+  train.train_and_evaluate(
+      tiny(root, stage=3, init=stage2[0], stop_after_step=3), split)
+  b = train.train_and_evaluate(tiny(root, stage=3, init=stage2[0]), split)
+  np.testing.assert_array_equal(_losses(full), _losses(split))
+  np.testing.assert_array_equal(_losses(full, 'loss_d'),
+                                _losses(split, 'loss_d'))
+  assert a['mAP'] == b['mAP']
+  c = tiny(root, stage=3, init=stage2[0])
+  sa = methods_testlib.loop_state(c, full)[3]
+  sb = methods_testlib.loop_state(c, split)[3]
+  assert set(sa.opt_state) == {'id', 'gen', 'dis'}
+  for part in ('params', 'batch_stats', 'opt_state', 'extra'):
+    assert _same(getattr(sa, part), getattr(sb, part)), part
+  # Every trained slot stays a unit vector.
+  np.testing.assert_allclose(np.linalg.norm(sa.extra['memory'], axis=1),
+                             1.0, rtol=1e-5)
+
+
+def test_stage3_losses_equal_on_1_and_8_devices(root, stage2, tmp_path):
+  one, eight = methods_testlib.device_curves(
+      lambda **o: tiny(root, stage=3, init=stage2[0], **o), tmp_path)
+  assert len(one) == 4
+  np.testing.assert_allclose(one, eight, rtol=2e-4)
+
+
+def _write_renders(root, paths, size=(32, 16), missing=None):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  for angle in (0, 45, 90, 135, 180, 225, 270, 315):
+    if angle == missing:
+      continue
+    folder = os.path.join(root, 'train', 'render' + (f'_{angle}' if angle
+                                                      else ''))
+    os.makedirs(folder, exist_ok=True)
+    for p in paths:
+      Image.fromarray(rng.integers(0, 256, size, np.uint8)).save(
+          os.path.join(folder, os.path.basename(p)), format='PNG')
+
+
+def test_mesh_source_end_to_end_and_missing_angle(root, tmp_path):
+  c = tiny(root, **{'method.structure': 'mesh',
+                    'method.mesh_root': str(tmp_path / 'meshes')})
+  c.num_epochs, c.image_every_steps = 1, 2
+  from jreid.data import pipeline  # pylint: disable=g-import-not-at-top
+  paths = pipeline.load_dataset(c).train.paths
+  _write_renders(str(tmp_path / 'meshes'), paths)
+  out = train.train_and_evaluate(c, str(tmp_path / 'run'))
+  assert out['train_step_traces'] == 1
+  assert (tmp_path / 'run' / 'images' / 'gcl_grid_0000002.png').exists()
+  _write_renders(str(tmp_path / 'partial'), paths, missing=90)
+  c.method.mesh_root = str(tmp_path / 'partial')
+  with pytest.raises(FileNotFoundError,
+                     match=str(tmp_path / 'partial' / 'train' / 'render_90')):
+    train.train_and_evaluate(c, str(tmp_path / 'run2'))
+
+
+def test_mesh_pair_draws_the_codes_angles():
+  rows = np.stack([np.full((4, 2), 10 * a, np.uint8) for a in range(8)],
+                  axis=-1)[None].repeat(64, axis=0)
+  s_o, s_n, angle = gcl_structure.mesh_pair(jnp.asarray(rows),
+                                            jax.random.key(0))
+  assert set(np.asarray(angle)) == set(range(1, 7))  # 315 never (randint)
+  np.testing.assert_allclose(s_o, 0.0 / 255 * 2 - 1)
+  np.testing.assert_allclose(s_n[:, 0, 0, 0],
+                             np.asarray(angle) * 10 / 255.0 * 2 - 1, rtol=1e-6)
+  _, _, every = gcl_structure.mesh_pair(jnp.asarray(rows), jax.random.key(0),
+                                        all_angles=True)
+  assert set(np.asarray(every)) == set(range(1, 8))
+
+
+def test_proxy_structure_against_numpy():
+  img = np.random.default_rng(1).integers(0, 256, (2, 12, 7, 3), np.uint8)
+  y = img.astype(np.float64) / 255 @ np.asarray([0.299, 0.587, 0.114])
+
+  def corr(a, k):
+    p = np.pad(a, ((0, 0), (1, 1), (1, 1)), mode='edge')
+    return sum(k[i, j] * p[:, i:i + a.shape[1], j:j + a.shape[2]]
+               for i in range(3) for j in range(3))
+
+  blur = corr(y, np.outer([1, 2, 1], [1, 2, 1]) / 16)
+  sx = np.asarray([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], np.float64)
+  mag = np.hypot(corr(blur, sx), corr(blur, sx.T))
+  want = 2 * mag / mag.max(axis=(1, 2), keepdims=True) - 1
+  s_o, s_n = gcl_structure.proxy_pair(jnp.asarray(img))
+  np.testing.assert_allclose(s_o[..., 0], want, atol=1e-5)
+  np.testing.assert_array_equal(s_n, s_o[:, :, ::-1])
+
+
+def test_rho_labels_match_the_dense_recipe():
+  from sklearn.cluster import DBSCAN  # pylint: disable=g-import-not-at-top
+  from jreid.clustering import jaccard  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  centres = rng.normal(size=(8, 16))
+  x = centres[rng.integers(0, 8, 120)] + 0.3 * rng.normal(size=(120, 16))
+  x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+  for r in (0.002, 0.01, 0.03):
+    labels, eps, _ = rho.rho_labels(x, k1=10, k2=4, rho=r, min_samples=4)
+    dense = np.asarray(jaccard.jaccard_distance(x, k1=10, k2=4),
+                       np.float32)
+    upper = dense[np.triu_indices(len(x), 1)]
+    nonzero = np.sort(upper[upper != 0])
+    want = float(nonzero[:int(np.round(r * len(nonzero)))].mean())
+    assert eps == pytest.approx(want, rel=1e-6)
+    np.testing.assert_array_equal(
+        labels, DBSCAN(eps=eps, min_samples=4,
+                       metric='precomputed').fit_predict(dense))
+
+
+def test_config_errors_and_stage1_init(root):
+  from jreid.data import pipeline  # pylint: disable=g-import-not-at-top
+  c = tiny(root)
+  split = pipeline.load_dataset(c).train
+  for field, value, match in (('stage', 1, 'stage 2'),
+                              ('structure', 'smpl', 'choose from'),
+                              ('feature_recon', 'eq', 'code')):
+    bad = tiny(root, **{f'method.{field}': value})
+    with pytest.raises(ValueError, match=match):
+      gcl.GCL(bad, split)
+  with pytest.raises(ValueError, match='stage-3 ablation'):
+    gcl.GCL(tiny(root, structure='off'), split)
+  with pytest.raises(ValueError, match='stage=1'):
+    gcl_config.get_config('stage=1')
+  method = gcl.GCL(c, split)
+  ice = {'params': {'backbone': {'w': 1}, 'bnneck': {'b': 2}},
+         'batch_stats': {'backbone': {'m': 3}}}
+  assert method.adapt_init(ice) == {
+      'params': {'identity': {'backbone': {'w': 1}}},
+      'batch_stats': {'identity': {'backbone': {'m': 3}}}}
+  mine = {'params': {'identity': {}}, 'batch_stats': {}}
+  assert method.adapt_init(mine) is mine
+
+
+def test_first_refresh_without_clusters_stops_with_advice(root, stage2,
+                                                          tmp_path):
+  c = tiny(root, stage=3, init=stage2[0], **{'method.min_samples': 1000})
+  _, _, method, state, _, ctx = methods_testlib.loop_state(
+      c, str(tmp_path / 'run'))
+  with pytest.raises(clustering_base.ClusteringError,
+                     match='raise config.method.rho'):
+    method.refresh(ctx, state, 0)
+
+
+def test_contrast_without_generation_trains_e_id_alone(root, stage2,
+                                                       tmp_path):
+  c = tiny(root, stage=3, structure='off', init=stage2[0],
+           init_keys=gcl_config.STAGE1_KEYS, num_epochs=1)
+  assert c.aug.train == 'gcl_off'
+  out = train.train_and_evaluate(c, str(tmp_path / 'run'))
+  assert out['train_step_traces'] == 1
+  state = methods_testlib.loop_state(c, str(tmp_path / 'run'))[3]
+  assert set(state.params) == {'identity'} and set(state.opt_state) == {'id'}
+  assert np.all(np.isfinite(_losses(str(tmp_path / 'run'), 'loss_vi')))
