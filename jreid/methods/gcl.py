@@ -269,8 +269,8 @@ class GCL(base.Method):
       e2, stats = self._encode(id_params, stats, x2)
     else:
       e12, stats = self._encode(id_params, stats, two(x1, x2))
-      e1, e2 = [{k: v for k, v in zip(e12, vals)}
-                for vals in zip(*[halves(v) for v in e12.values()])]
+      e1 = jax.tree.map(lambda v: halves(v)[0], e12)
+      e2 = jax.tree.map(lambda v: halves(v)[1], e12)
     x3 = gen(gcl_generator.Generator.decode, code_o, e2['f_id'])
     e3, stats = self._encode(id_params, stats, x3)
     return ({'x1': x1, 'x2': x2, 'x3': x3, 'p': e0['f_id'], 'p1': e1['f_id'],
