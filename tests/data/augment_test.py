@@ -171,7 +171,8 @@ def test_recipes_under_jit():
   distinct = {}
   for name, ops in augment.RECIPES.items():
     distinct.setdefault(repr(ops), name)  # Aliases share one compile.
-  assert len(distinct) == 12
+  assert len(distinct) == 13
+  assert 'gcl_off' in distinct.values()  # GCL's contrast-only ablation.
   for name in distinct.values():
     y = jax.jit(augment.make_view(name))(x, jax.random.key(0))
     assert y.shape == x.shape and y.dtype == jnp.float32
