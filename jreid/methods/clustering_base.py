@@ -40,6 +40,39 @@ class ClusteringError(RuntimeError):
   """The pseudo-label step cannot produce usable clusters."""
 
 
+def keep_previous_labels(extra: dict[str, Any], info: dict[str, Any],
+                         advice: str, *, have_previous: bool, limit: int
+                         ) -> dict[str, Any]:
+  """A failed refresh keeps the previous labels, or raises.
+
+  Args:
+    extra: the method state, with an int32 scalar 'failed_refreshes'.
+    info: the refresh's diagnostics; 'refresh_failed' is set to 1.
+    advice: what failed and what to change, for the warning or the error.
+    have_previous: whether earlier labels exist to train on.
+    limit: refreshes in a row that may fail (max_failed_refreshes).
+
+  Returns:
+    `extra` (a new dict) with 'failed_refreshes' counted up.
+
+  Raises:
+    ClusteringError: no previous labels, or more than `limit` failures in a
+      row.
+  """
+  failed = int(jax.device_get(extra['failed_refreshes'])) + 1
+  if not have_previous or failed > limit:
+    raise ClusteringError(
+        f'clustering failed: {advice}' + (
+            '' if not have_previous else
+            f' {failed} refreshes in a row failed (limit '
+            f'config.method.max_failed_refreshes={limit}).'))
+  logging.warning('refresh kept the previous labels and memories: %s', advice)
+  extra = dict(extra)
+  extra['failed_refreshes'] = jnp.asarray(failed, jnp.int32)
+  info['refresh_failed'] = 1
+  return extra
+
+
 def cluster_size_stats(labels: np.ndarray) -> dict[str, float]:
   """Cluster count, outliers and the size histogram researchers look at first."""
   found = labels[labels >= 0]
@@ -210,24 +243,14 @@ class ClusteringMethod(base.Method):
   def _keep_previous(self, state, epoch, info, problem, n):
     """A failed refresh: keep labels and memories, or stop with a clear error."""
     m = self.config.method
-    failed = int(state.extra['failed_refreshes']) + 1
-    limit = int(m.get('max_failed_refreshes', 3))
-    have_previous = self.previous_usable(state, epoch)
     advice = (f'{problem} (epoch {epoch}, {n} images, eps={m.eps}, k1={m.k1}, '
               f'min_samples={m.min_samples}). Raise config.method.eps, lower '
               'min_samples, or start from pretrained weights '
               '(config.model.pretrained).')
-    if not have_previous or failed > limit:
-      raise ClusteringError(
-          f'clustering failed: {advice}' + (
-              '' if not have_previous else
-              f' {failed} refreshes in a row failed (limit '
-              f'config.method.max_failed_refreshes={limit}).'))
-    logging.warning('refresh kept the previous labels and memories: %s',
-                    advice)
-    extra = dict(state.extra)
-    extra['failed_refreshes'] = jnp.asarray(failed, jnp.int32)
-    info['refresh_failed'] = 1
+    extra = keep_previous_labels(
+        state.extra, info, advice,
+        have_previous=self.previous_usable(state, epoch),
+        limit=int(m.get('max_failed_refreshes', 3)))
     return state.replace(extra=extra), info
 
   # ------------------------------------------------------------------ hooks

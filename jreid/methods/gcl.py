@@ -216,18 +216,15 @@ class GCL(base.Method):
 
   def _keep_previous(self, state, extra, epoch, info, eps):
     m = self.config.method
-    failed = int(jax.device_get(extra['failed_refreshes'])) + 1
+    advice = (f"GCL epoch {epoch}: {info['num_clusters']} clusters, "
+              f"{len(self.train) - info['num_outliers']} clustered images "
+              f'(eps {eps:.4f} from rho={m.rho}, min_samples='
+              f'{m.min_samples}); raise config.method.rho or start from a '
+              'better stage-1 checkpoint')
     have = bool(np.any(np.asarray(jax.device_get(extra['labels'])) >= 0))
-    problem = (f"epoch {epoch}: {info['num_clusters']} clusters, "
-               f"{len(self.train) - info['num_outliers']} clustered images "
-               f'(eps {eps:.4f} from rho={m.rho}, min_samples='
-               f'{m.min_samples}); raise config.method.rho or start from a '
-               'better stage-1 checkpoint')
-    if not have or failed > int(m.max_failed_refreshes):
-      raise clustering_base.ClusteringError(f'GCL clustering failed: {problem}')
-    logging.warning('refresh kept the previous labels: %s', problem)
-    extra['failed_refreshes'] = jnp.asarray(failed, jnp.int32)
-    info['refresh_failed'] = 1
+    extra = clustering_base.keep_previous_labels(
+        extra, info, advice, have_previous=have,
+        limit=int(m.max_failed_refreshes))
     return state.replace(extra=extra), info
 
   def sampler_labels(self, state):
