@@ -244,11 +244,17 @@ def test_sparse_affinity_products(monkeypatch, path):
   monkeypatch.setattr(lt, '_DENSE_ABOVE', 0.0 if path == 'dense_blocks'
                       else 1.0)
   monkeypatch.setattr(lt, '_DENSE_BLOCK', 7 * n)  # several blocks
+  monkeypatch.setattr(lt, '_SPARSE_COLUMNS', 2)  # column blocks, one short
   monkeypatch.setattr(lt, '_FORCE_DEVICE_SPARSE', path == 'device')
   aff = lt.homogeneous_affinity(below_one(d))
   y = rng.random((n, 5)).astype(np.float32)
   np.testing.assert_allclose(np.asarray(aff @ y), ref_rownorm(1 - d) @ y,
                              rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(aff @ y[:, 0]),
+                             ref_rownorm(1 - d) @ y[:, 0], rtol=1e-5)
+  if path == 'scipy':  # column blocks sum each column as one product does
+    np.testing.assert_array_equal(np.asarray(aff @ y),
+                                  np.asarray(aff.matrix @ y))
   np.testing.assert_allclose(np.asarray(aff), ref_rownorm(1 - d), rtol=1e-5,
                              atol=1e-7)
 
