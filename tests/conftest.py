@@ -33,6 +33,17 @@ jax.config.update('jax_compilation_cache_dir', os.environ.get(
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
 jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
 
+# Orbax saves a replicated array from all replicas in parallel, one slice
+# each: on 8 emulated CPU devices that is a small compilation per (leaf shape,
+# device), ~8 s per 8-device run, for no parallelism (one host, one disk).
+# Saving from one replica writes the same checkpoint. (The registered handler
+# is switched, not replaced: a new one would lack its array-metadata store,
+# which brings typed PRNG keys back as keys.)
+from orbax.checkpoint import type_handlers  # pylint: disable=g-import-not-at-top
+_array_handler = type_handlers.get_type_handler(jax.Array)
+if hasattr(_array_handler, '_use_replica_parallel'):
+  _array_handler._use_replica_parallel = False  # pylint: disable=protected-access
+
 
 def _register_testlibs() -> None:
   # Shallowest first: a folder's helpers may import those of tests/ itself.

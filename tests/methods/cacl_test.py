@@ -98,23 +98,28 @@ def test_gradients_reach_the_branches_the_paper_says(method_and_vars):
   images = jax.random.randint(jax.random.key(2), (16, 32, 16, 3), 0, 255
                               ).astype(jnp.uint8)
 
-  def term(name):
-    def f(params):
-      return method.loss(params, state, images, batch, jax.random.key(3)
-                         )[1]['metrics'][name]
-    return jax.grad(f)(v['params'])
+  names = ('loss_focal_gray', 'loss_focal_color', 'loss_inter',
+           'loss_instance')
 
-  total = jax.grad(lambda p: method.loss(p, state, images, batch,
-                                         jax.random.key(3))[0])(v['params'])
-  gray = term('loss_focal_gray')
-  for x, y in zip(jax.tree.leaves(total['gray']), jax.tree.leaves(gray['gray'])):
+  @jax.jit  # one compilation for all five gradients (eager: op by op)
+  def gradients(params):
+    def loss(p):
+      total, aux = method.loss(p, state, images, batch, jax.random.key(3))
+      return total, aux['metrics']
+    out = {n: jax.grad(lambda p, n=n: loss(p)[1][n])(params) for n in names}
+    out['total'] = jax.grad(lambda p: loss(p)[0])(params)
+    return out
+
+  g = jax.device_get(gradients(v['params']))
+  for x, y in zip(jax.tree.leaves(g['total']['gray']),
+                  jax.tree.leaves(g['loss_focal_gray']['gray'])):
     np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-8)
   for name in ('loss_focal_color', 'loss_inter', 'loss_instance'):
-    g = term(name)
-    assert all(not np.any(x) for x in jax.tree.leaves(g['gray'])), name
-  assert all(not np.any(x) for x in jax.tree.leaves(gray['color']))
+    assert all(not np.any(x) for x in jax.tree.leaves(g[name]['gray'])), name
+  assert all(not np.any(x)
+             for x in jax.tree.leaves(g['loss_focal_gray']['color']))
   assert any(np.any(x) for x in jax.tree.leaves(
-      term('loss_instance')['predictor']))
+      g['loss_instance']['predictor']))
 
 
 def test_memories_follow_the_sequential_rule_with_padding(method_and_vars):
