@@ -68,6 +68,9 @@ def get_config(arg: str | None = None):
       name='gcl', stage=a.stage, structure=structure, source=a.source,
       mesh_root='', mesh_layout='', mesh_all_angles=False,
       embed_dim=512, aspp_dilations=(3, 6, 9),
+      # Residual blocks of E_str and of each D scale: the reference's 4.
+      # The tests use 1 (same layers, fewer of them: a faster compile).
+      structure_res=4, dis_num_res=4,
       gan_weight=1.0, r1_weight=0.01, recon_x_weight=5.0,
       recon_cycle_weight=5.0, recon_f_weight=5.0, memory_weight=1.0,
       feature_recon=a.feature_recon,

@@ -111,8 +111,10 @@ class GCL(base.Method):
         bn_group_size=c.model.get('bn_group_size', 0),
         dtype=jnp.dtype(c.model.get('dtype', 'float32')))
     self.generator = gcl_generator.Generator(
-        aspp_dilations=tuple(c.method.aspp_dilations))
-    self.discriminator = gcl_discriminator.MultiScaleDiscriminator()
+        aspp_dilations=tuple(c.method.aspp_dilations),
+        structure_res=c.method.get('structure_res', gcl_generator.NUM_RES))
+    self.discriminator = gcl_discriminator.MultiScaleDiscriminator(
+        num_res=c.method.get('dis_num_res', 4))
     self.model = self.identity
 
   def init_variables(self, key, image_size):

@@ -146,12 +146,13 @@ class StructureEncoder(nn.Module):
   smaller ones, since reflection needs dilation < H/4, W/4).
   """
   dilations: tuple[int, ...] = (3, 6, 9)
+  num_res: int = NUM_RES  # the reference's 4; fewer compile faster (tests)
 
   @nn.compact
   def __call__(self, x):
     for i, (feat, stride) in enumerate(((16, 2), (32, 1), (32, 1), (64, 2))):
       x = lrelu(instance_norm(reflect_conv(x, feat, 3, f'conv{i + 1}', stride)))
-    for k in range(NUM_RES):
+    for k in range(self.num_res):
       x = ResBlock(64, name=f'res{k + 1}')(x)
     return ASPP(dilations=tuple(self.dilations), name='aspp')(x)
 
@@ -236,10 +237,12 @@ class Generator(nn.Module):
   reuse one structure code for several identities).
   """
   aspp_dilations: tuple[int, ...] = (3, 6, 9)
+  structure_res: int = NUM_RES  # E_str's residual blocks (the decoder's 4
+  #                               are fixed: one per chunk of f_id)
 
   def setup(self):
     self.structure_encoder = StructureEncoder(
-        dilations=tuple(self.aspp_dilations))
+        dilations=tuple(self.aspp_dilations), num_res=self.structure_res)
     self.adain_mlps = AdaINMLPs()
     self.decoder = Decoder()
 

@@ -228,6 +228,14 @@ def test_structure_encoder_output_shape():
   assert np.isfinite(np.asarray(s)).all()
 
 
+def test_structure_encoder_num_res_is_its_residual_block_count():
+  mesh = jax.ShapeDtypeStruct((1, 48, 40, 1), jnp.float32)
+  for n, names in ((4, ['res1', 'res2', 'res3', 'res4']), (1, ['res1'])):
+    params = jax.eval_shape(gg.StructureEncoder(num_res=n).init,
+                            jax.random.key(0), mesh)['params']
+    assert sorted(k for k in params if k.startswith('res')) == names
+
+
 @functools.lru_cache(maxsize=None)
 def _decoder():
   """Decoder, its init params and (s, w, b) inputs, shared by two tests."""
