@@ -112,9 +112,11 @@ class GCL(base.Method):
         dtype=jnp.dtype(c.model.get('dtype', 'float32')))
     self.generator = gcl_generator.Generator(
         aspp_dilations=tuple(c.method.aspp_dilations),
-        structure_res=c.method.structure_res)
+        # .get: runs saved before these fields existed (tools read their
+        # config.json) had the networks' defaults.
+        structure_res=c.method.get('structure_res', gcl_generator.NUM_RES))
     self.discriminator = gcl_discriminator.MultiScaleDiscriminator(
-        num_res=c.method.dis_num_res)
+        num_res=c.method.get('dis_num_res', gcl_discriminator.NUM_RES))
     self.model = self.identity
 
   def init_variables(self, key, image_size):

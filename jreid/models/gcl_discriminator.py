@@ -50,6 +50,7 @@ Array = jax.Array
 NEGATIVE_SLOPE = 0.2
 INIT_STD = 0.02
 NUM_SCALES = 3
+NUM_RES = 4  # residual blocks per scale (configs/latest.yaml n_res)
 
 
 def avg_pool_exclude_pad(x: Array) -> Array:
@@ -139,7 +140,7 @@ class PatchDiscriminator(nn.Module):
     dtype: computation dtype (params stay float32).
   """
   dim: int = 32
-  num_res: int = 4
+  num_res: int = NUM_RES
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -166,7 +167,7 @@ class MultiScaleDiscriminator(nn.Module):
   """
   num_scales: int = NUM_SCALES
   dim: int = 32
-  num_res: int = 4
+  num_res: int = NUM_RES
   dtype: Any = jnp.float32
 
   @nn.compact

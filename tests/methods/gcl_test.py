@@ -387,6 +387,11 @@ def test_config_errors_and_stage1_init(root):
       1, 1)
   full = gcl_config.get_config('stage=2').method
   assert (full.structure_res, full.dis_num_res) == (4, 4)  # the reference's
+  saved = tiny(root)  # the config.json of a run from before the two fields
+  del saved.method['structure_res'], saved.method['dis_num_res']
+  old = gcl.GCL(saved, split)
+  old.build_models()
+  assert (old.generator.structure_res, old.discriminator.num_res) == (4, 4)
   ice = {'params': {'backbone': {'w': 1}, 'bnneck': {'b': 2}},
          'batch_stats': {'backbone': {'m': 3}}}
   assert method.adapt_init(ice) == {
