@@ -19,10 +19,17 @@ pseudo-label statistics of stage 3, and the last stage-2 grid copied to
   python benchmarks/gcl_synthetic.py --ice_workdir=/tmp/gclbench/ice \
       --workdir=/tmp/gclbench --out=benchmarks/gcl.md \
       --grid=benchmarks/gcl_grid.png
+
+A probe of stage 3 alone, from that stage-2 run, with overrides (its run
+goes to <workdir>/gcl_stage3_<overrides>):
+
+  python benchmarks/gcl_synthetic.py --stages=3 --out=/tmp/probe.md \
+      --grid= --stage3=method.temperature=0.1,optim.groups.id.lr=3.5e-5
 """
 
 from __future__ import annotations
 
+import ast
 import collections
 import json
 import os
@@ -37,6 +44,7 @@ import jax
 
 from jreid import metrics_io
 from jreid import train
+from jreid_configs import common
 from jreid_configs import gcl as gcl_config
 from jreid_configs import ice as ice_config
 
@@ -45,7 +53,24 @@ flags.DEFINE_string('workdir', '/tmp/gclbench', 'stage 2/3 runs go here')
 flags.DEFINE_string('out', 'benchmarks/gcl.md', 'markdown report')
 flags.DEFINE_string('grid', 'benchmarks/gcl_grid.png', 'copy of a grid')
 flags.DEFINE_list('stages', ['2', '3'], 'stages to run')
+flags.DEFINE_list('stage3', [], 'dotted overrides of stage 3, as on the '
+                  'command line: method.temperature=0.1,optim.groups.id.lr='
+                  '3.5e-5 (the probes of benchmarks/gcl.md)')
+flags.DEFINE_string('stage2_workdir', '', 'a finished stage-2 run to start '
+                    'stage 3 from (default: <workdir>/gcl_stage2)')
 FLAGS = flags.FLAGS
+
+
+def _parse(items):
+  """['a.b=0.1', ...] -> {'a.b': 0.1}; values as Python literals."""
+  out = {}
+  for item in items:
+    key, value = item.split('=', 1)
+    try:
+      out[key] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      out[key] = value
+  return out
 
 
 def _run(config, workdir):
@@ -85,7 +110,15 @@ def main(argv):
   for stage in map(int, FLAGS.stages):
     c = gcl_config.get_config(f'stage={stage}')
     c.init = init
-    workdir = os.path.join(FLAGS.workdir, f'gcl_stage{stage}')
+    name = f'gcl_stage{stage}'
+    if stage == 3:
+      c.init = FLAGS.stage2_workdir or os.path.join(FLAGS.workdir,
+                                                    'gcl_stage2')
+      c = common.override(c, **_parse(FLAGS.stage3))
+      if FLAGS.stage3:
+        name += '_' + '_'.join(FLAGS.stage3).replace('=', '-')
+        lines += ['Stage-3 overrides: ' + ', '.join(FLAGS.stage3), '']
+    workdir = os.path.join(FLAGS.workdir, name)
     out, secs = _run(c, workdir)
     rows = metrics_io.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
     spe = c.steps_per_epoch

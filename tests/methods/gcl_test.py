@@ -19,6 +19,7 @@ import pytest
 from jreid import metrics_io
 from jreid import sharding
 from jreid import train
+from jreid import train_step
 from jreid.clustering import rho
 from jreid.data import augment
 from jreid.data import gcl_structure
@@ -67,6 +68,37 @@ STAGE2_OPTIM = {'optim.name': 'sgd'}
 def stage2(root, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('stage2'))
   return workdir, train.train_and_evaluate(tiny(root, **STAGE2_OPTIM), workdir)
+
+
+# Stage 3 as the step-vs-reference test needs it: SGD (Adam's first step is
+# ~lr sign(g), which turns the rounding of a near-zero gradient into a
+# visible difference) and a large D step, 0.1 (so that G's loss through the
+# old D differs: by 45% here; 0.5 overflows by step 4). The resume test
+# trains it in full and the 1-vs-8 test compares its first step, so one
+# compilation of the loop's step serves all three (the step test calls the
+# loop's StepFn on the same shapes: a persistent-cache hit).
+def tiny3(root, stage2_dir, **overrides):
+  c = tiny(root, stage=3, init=stage2_dir, **{'optim.name': 'sgd'},
+           **overrides)
+  c.optim.groups.dis.lr = 0.1
+  return c
+
+
+@pytest.fixture(scope='module')
+def stage3(root, stage2, tmp_path_factory):
+  """The full stage-3 run: (workdir, summary, the first rho_labels result)."""
+  calls = []
+  real = rho.rho_labels
+
+  def record(features, **kwargs):
+    calls.append(real(features, **kwargs))
+    return calls[-1]
+
+  workdir = str(tmp_path_factory.mktemp('stage3'))
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(gcl.rho_lib, 'rho_labels', record)
+    out = train.train_and_evaluate(tiny3(root, stage2[0]), workdir)
+  return workdir, out, calls[0]
 
 
 def _flat(tree):
@@ -165,30 +197,31 @@ def _reference_step(method, state, images, batch, key, d_first=True):
 
 
 def test_stage3_step_equals_the_loss_differentiated_directly(root, stage2,
-                                                             tmp_path):
-  # SGD: Adam's first step is ~lr sign(g), which turns the rounding of a
-  # near-zero gradient into a visible difference.
-  c = tiny(root, stage=3, init=stage2[0], **{'optim.name': 'sgd'})
-  # A large D step, so that G's update through the old D would differ.
-  c.optim.groups.dis.lr = 0.5
-  _, data, method, state, _, ctx = methods_testlib.loop_state(
+                                                             stage3, tmp_path):
+  del stage3  # compiled the loop's step for this config first (any order works)
+  c = tiny3(root, stage2[0])
+  mesh, data, method, state, shardings, ctx = methods_testlib.loop_state(
       c, str(tmp_path / 'run'))
   state, info = method.refresh(ctx, state, 0)
   assert info['num_clusters'] >= 2 and bool(state.extra['memory_ready'])
+  state = jax.device_put(state, shardings)  # as the loop does
   # The memory starts as E_id's eval-mode unit features.
   np.testing.assert_allclose(np.linalg.norm(state.extra['memory'], axis=1),
                              1.0, rtol=1e-5)
-  batches = method.epoch_batches(state, 0, 1)
+  batches = method.epoch_batches(state, 0, c.steps_per_epoch)
   labels = np.asarray(state.extra['labels'])
   assert np.all(labels[batches['index'][0]] >= 0)  # outliers left out
   batch = {k: jnp.asarray(v[0]) for k, v in batches.items()}
   table = np.asarray(data.images.array)
   images = jnp.asarray(table[data.rows[batches['index'][0]]])
-  key = jax.random.key(7)
-  new, metrics = jax.jit(lambda s, i, b, k: method.train_step(s, i, b, k, 0))(
-      state, images, batch, key)
+  key = jax.random.fold_in(state.key, state.step)  # the loop's step key
   reference = jax.jit(functools.partial(_reference_step, method))
   loss, want, stats, memory = reference(state, images, batch, key, True)
+  old_loss = reference(state, images, batch, key, False)[0]
+  # The loop's own jitted step (it donates the state: the reference first).
+  data.epoch(batches, method.batch_fields, start=0)
+  new, metrics = train_step.StepFn(method, data, shardings, mesh)(
+      state, *data.device_batch(0))
   np.testing.assert_allclose(metrics['loss'], loss, rtol=1e-5)
   for part in ('identity', 'generator', 'discriminator'):
     for got, exp in zip(_flat(new.params[part]), _flat(want[part])):
@@ -198,25 +231,25 @@ def test_stage3_step_equals_the_loss_differentiated_directly(root, stage2,
   np.testing.assert_allclose(new.extra['memory'], memory, rtol=1e-5,
                              atol=1e-6)
   # G's loss is through the updated D: through the old one it is another.
-  old_loss = reference(state, images, batch, key, False)[0]
   assert abs(float(old_loss) - float(loss)) > 1e-3 * abs(float(loss))
 
 
-def test_stage3_one_trace_exact_resume_and_memory(root, stage2, tmp_path):
-  full, split = str(tmp_path / 'full'), str(tmp_path / 'split')
-  a = train.train_and_evaluate(tiny(root, stage=3, init=stage2[0]), full)
+def test_stage3_one_trace_exact_resume_and_memory(root, stage2, stage3,
+                                                  tmp_path):
+  full, a, _ = stage3
+  split = str(tmp_path / 'split')
   assert a['train_step_traces'] == 1
   names = metrics_io.read_jsonl(full + '/metrics.jsonl')
   assert any('refresh/eps' in r for r in names)
   # Stopped mid-epoch 1 (after its refresh), then the same command resumes.
   train.train_and_evaluate(
-      tiny(root, stage=3, init=stage2[0], stop_after_step=3), split)
-  b = train.train_and_evaluate(tiny(root, stage=3, init=stage2[0]), split)
+      tiny3(root, stage2[0], stop_after_step=3), split)
+  b = train.train_and_evaluate(tiny3(root, stage2[0]), split)
   np.testing.assert_array_equal(_losses(full), _losses(split))
   np.testing.assert_array_equal(_losses(full, 'loss_d'),
                                 _losses(split, 'loss_d'))
   assert a['mAP'] == b['mAP']
-  c = tiny(root, stage=3, init=stage2[0])
+  c = tiny3(root, stage2[0])
   sa = methods_testlib.loop_state(c, full)[3]
   sb = methods_testlib.loop_state(c, split)[3]
   assert set(sa.opt_state) == {'id', 'gen', 'dis'}
@@ -235,9 +268,12 @@ def test_stage2_losses_equal_on_1_and_8_devices(root, stage2, tmp_path):
   np.testing.assert_allclose(one, eight, rtol=2e-4)
 
 
-def test_stage3_losses_equal_on_1_and_8_devices(root, stage2, tmp_path,
-                                                monkeypatch):
+def test_stage3_losses_equal_on_1_and_8_devices(root, stage2, stage3,
+                                                tmp_path, monkeypatch):
   """Step 1 of stage 3 (every loss, D updated first) on 1 and 8 devices.
+
+  The 1-device run is the `stage3` fixture's; the 8-device run stops after
+  its first step.
 
   Later steps are not compared at this scale, because they are ill-conditioned
   here: the 4-step stage-2 generator draws nearly the same noise for every
@@ -254,19 +290,22 @@ def test_stage3_losses_equal_on_1_and_8_devices(root, stage2, tmp_path,
   pairs, moves 0.2% with them (18 vs 17 clusters). On identical features the
   clustering is mesh-independent (test_rho_labels_do_not_depend_on_the_mesh).
   """
+  full, _, first_labels = stage3
   calls = []
-  real = rho.rho_labels
 
   def replay(features, **kwargs):
-    calls.append(real(features, **kwargs))
-    return calls[0]  # the 1-device run's labels, in both runs
+    calls.append(kwargs)
+    return first_labels  # the 1-device run's labels
 
   monkeypatch.setattr(gcl.rho_lib, 'rho_labels', replay)
-  one, eight = methods_testlib.device_curves(
-      lambda **o: tiny(root, stage=3, init=stage2[0], num_epochs=1,
-                       steps_per_epoch=1, **o), tmp_path)
-  assert len(one) == 1 and len(calls) == 2
-  np.testing.assert_allclose(one, eight, rtol=2e-4)
+  eight = str(tmp_path / 'devices8')
+  out = train.train_and_evaluate(
+      tiny3(root, stage2[0], stop_after_step=1, **{'mesh.num_devices': 8}),
+      eight)
+  assert out['stopped_at_step'] == 1 and len(calls) == 1
+  one = _losses(full)[:1]
+  assert len(_losses(eight)) == 1
+  np.testing.assert_allclose(one, _losses(eight), rtol=2e-4)
 
 
 def test_rho_labels_do_not_depend_on_the_mesh(stage2):
