@@ -7,7 +7,8 @@ body, batches, pseudo labels and memories. Sections:
 
   1. set-up: mesh, datasets, train input, method and its networks,
      extractors (refresh: no flip; test: config.evals.flip), evaluators;
-  2. state: shapes first (eval_shape), shardings, jitted init, resume ladder
+  2. state: shapes first (eval_shape), shardings, init (the networks op by
+     op, the rest jitted on the mesh), resume ladder
      (workdir, config.resume, config.init, pretrained, scratch), after_load;
      a resume takes the newest checkpoint that verifies and was written
      with the same state-shaping config (checkpointing.py, run_config.py);

@@ -262,7 +262,7 @@ def test_stage2_losses_equal_on_1_and_8_devices(roots, stage1, tmp_path):
     workdir = str(tmp_path / f'devices{n}')
     c = tiny('source=synthetic,stage=2', roots,
              **{'mesh.num_devices': n, 'optim.name': 'sgd',
-                'num_epochs': 1, 'evals.every_epochs': 3,
+                'num_epochs': 1, 'stop_after_step': 3,  # no evaluation
                 'init': stage1[0]})
     train.train_and_evaluate(c, workdir)
     curves.append(_losses(workdir))
