@@ -276,7 +276,9 @@ def _train(config, workdir, method, data, mesh, refresh_extractor, evaluators,
   step_fn = train_step.StepFn(method, data, shardings, mesh)
   ctx = base.RefreshContext(
       config=config, train=train, mesh=mesh,
-      extract_train=lambda v: data.extract(refresh_extractor, v))
+      extract_train=lambda v: data.extract(refresh_extractor, v),
+      extract_train_raw=lambda fn, v: data.extract(extract.Extractor(
+          fn, mesh, config.evals.batch_size, normalize=False), v))
   evaluate = lambda: evaluator_lib.run_all(evaluators,
                                            method.eval_variables(state))
   guard = train_step.Guard(ckpt, resumed_from)

@@ -74,6 +74,10 @@ def get_config(arg: str | None = None):
       gan_weight=1.0, r1_weight=0.01, recon_x_weight=5.0,
       recon_cycle_weight=5.0, recon_f_weight=5.0, memory_weight=1.0,
       feature_recon=a.feature_recon,
+      # E_id's 512-d embedding is new (stage 1 has none): its BatchNorm's
+      # statistics are set from the train images before they are used
+      # (GCL._calibrate_embedding); False keeps mean 0, var 1.
+      calibrate_embedding=True,
       temperature=0.04, num_negatives=8192, memory_momentum=0.2,
       own_slot=True,   # L'_vi's positive: M[idx] (code) or f (eq. 5.7)
       k1=30, k2=6, rho=RHO.get(a.dataset, 0.002), min_samples=4,

@@ -81,7 +81,7 @@ def _fetch_lagged(dispatched: Iterable[tuple[jax.Array, int]]
 
 
 class Extractor:
-  """Unit-norm float32 (N, D) features of images, in order.
+  """Unit-norm (or, normalize=False, raw) float32 (N, D) features of images.
 
   Attributes:
     mesh: the device mesh; batches are split over its 'data' axis.
@@ -90,7 +90,7 @@ class Extractor:
   """
 
   def __init__(self, fn, mesh, batch_size: int, *, flip: bool = False,
-               output: str = 'bn_feat'):
+               output: str = 'bn_feat', normalize: bool = True):
     """Wraps a model or feature function.
 
     Args:
@@ -102,6 +102,8 @@ class Extractor:
       batch_size: fixed batch size; must divide over the mesh.
       flip: add the features of the horizontally mirrored images.
       output: the module output used when `fn` is a module.
+      normalize: L2-normalise the rows (False: the raw features, for
+        statistics of a layer's outputs).
     """
     sharding.check_divisible(batch_size, mesh, 'eval batch size')
     self.mesh, self.batch_size, self.flip = mesh, batch_size, flip
@@ -115,6 +117,8 @@ class Extractor:
       if flip:
         f = f + features_fn(variables, x[:, :, ::-1], fields).astype(
             jnp.float32)
+      if not normalize:
+        return f
       return f / jnp.maximum(jnp.linalg.norm(f, axis=-1, keepdims=True), 1e-12)
 
     rep, part = sharding.replicated(mesh), sharding.batch_sharded(mesh)

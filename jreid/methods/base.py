@@ -94,11 +94,16 @@ class RefreshContext:
       features (`eval_features`; flipped only with config.evals.refresh_flip)
       of the train images, in record order.
     mesh: the device mesh.
+    extract_train_raw: fn(features_fn, variables) -> (N, D) float32
+      un-normalised outputs of any `features_fn(variables, x, fields)`
+      (extract.FeaturesFn; eval mode, no flip) on the train images, in
+      record order; each call compiles it anew (for one-off statistics).
   """
   config: Any
   train: records.Split
   extract_train: Callable[[PyTree], np.ndarray]
   mesh: Any
+  extract_train_raw: Callable[[Any, PyTree], np.ndarray] | None = None
 
 
 def gather_fields(index: np.ndarray, fields: dict[str, np.ndarray]

@@ -50,7 +50,8 @@ def part_pool(fmap: jax.Array, parts: int = NUM_PARTS) -> jax.Array:
 
 
 class IdentityEncoder(nn.Module):
-  """E_id: {'f_id': (B, C * 4), 'embedding': (B, 512), 'fmap'}.
+  """E_id: {'f_id': (B, C * 4), 'embedding': (B, 512), 'embed_linear'
+  (B, 512, before its BatchNorm), 'fmap'}.
 
   Attributes:
     arch: backbone ('resnet50'; smaller ones for tests).
@@ -77,8 +78,9 @@ class IdentityEncoder(nn.Module):
                          name='backbone')(x, train)
     pooled = jnp.mean(fmap.astype(jnp.float32), axis=(1, 2))
     # The reference leaves the embedding layer at PyTorch's default init.
-    f = set_transformer.torch_linear(self.embed_dim, pooled.shape[-1],
-                                     'embed')(pooled)
+    linear = set_transformer.torch_linear(self.embed_dim, pooled.shape[-1],
+                                          'embed')(pooled)
     f = norm.GroupBatchNorm(group_size=self.bn_group_size,
-                            name='embed_bn')(f, train)
-    return {'f_id': part_pool(fmap), 'embedding': f, 'fmap': fmap}
+                            name='embed_bn')(linear, train)
+    return {'f_id': part_pool(fmap), 'embedding': f, 'embed_linear': linear,
+            'fmap': fmap}

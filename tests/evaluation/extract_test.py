@@ -70,6 +70,19 @@ def test_features_fn_with_fields_matches_brute_force(num_devices, flip):
   assert ext.traces == 2
 
 
+def test_normalize_false_gives_the_raw_features():
+  ext = extract.Extractor(_pixel_fn, sharding.make_mesh(1), 8,
+                          normalize=False)
+  v, images = _pixel_vars(), _images(13)
+  modality = np.arange(13) % 3
+  x = np.asarray(augment.normalize(jnp.asarray(images)), np.float64)
+  want = (x.reshape(13, -1) @ np.asarray(v['w'], np.float64)
+          + modality[:, None] * np.asarray(v['m'], np.float64))
+  got = ext(v, images, {'modality': modality})
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+  assert np.abs(np.linalg.norm(got, axis=1) - 1).max() > 1  # not unit rows
+
+
 def test_flip_and_field_checks():
   ext = extract.Extractor(_pixel_fn, sharding.make_mesh(2), 4, flip=True)
   v, images = _pixel_vars(), _images(4)

@@ -115,10 +115,24 @@ def test_stage2_trains_generator_and_discriminator_only(root, stage2,
   assert result['train_step_traces'] == 1
   c = tiny(root, **STAGE2_OPTIM)
   init = methods_testlib.loop_state(c, str(tmp_path / 'init'))[3]
-  done = methods_testlib.loop_state(c, workdir)[3]
+  _, data, method, done, _, _ = methods_testlib.loop_state(c, workdir)
   assert int(done.step) == 4
   assert _same(init.params['identity'], done.params['identity'])
-  assert _same(init.batch_stats, done.batch_stats)  # eval mode throughout
+  stats0, stats = init.batch_stats['identity'], done.batch_stats['identity']
+  assert _same(stats0['backbone'], stats['backbone'])  # eval mode throughout
+  # The new embedding's BN: initial statistics (0, 1) replaced at the first
+  # refresh by the train images' own, from the frozen eval-mode E_id.
+  np.testing.assert_array_equal(stats0['embed_bn']['mean'], 0)
+  np.testing.assert_array_equal(stats0['embed_bn']['var'], 1)
+  images = np.asarray(data.images.array)[data.rows]
+  linear = np.asarray(jax.jit(lambda v, x: method.identity.apply(
+      v, augment.normalize(x), train=False)['embed_linear'])(
+          {'params': done.params['identity'], 'batch_stats': stats}, images),
+                      np.float64)
+  np.testing.assert_allclose(stats['embed_bn']['mean'], linear.mean(0),
+                             rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(stats['embed_bn']['var'], linear.var(0, ddof=1),
+                             rtol=1e-3)
   for part in ('generator', 'discriminator'):
     assert not _same(init.params[part], done.params[part])
   assert set(done.opt_state) == {'gen', 'dis'} and done.extra == {}
@@ -202,8 +216,12 @@ def test_stage3_step_equals_the_loss_differentiated_directly(root, stage2,
   c = tiny3(root, stage2[0])
   mesh, data, method, state, shardings, ctx = methods_testlib.loop_state(
       c, str(tmp_path / 'run'))
+  bn = jax.device_get(state.batch_stats['identity']['embed_bn'])
   state, info = method.refresh(ctx, state, 0)
   assert info['num_clusters'] >= 2 and bool(state.extra['memory_ready'])
+  # Statistics set in stage 2 are kept (only initial ones are replaced).
+  assert _same(bn, state.batch_stats['identity']['embed_bn'])
+  assert np.all(bn['var'] != 1)
   state = jax.device_put(state, shardings)  # as the loop does
   # The memory starts as E_id's eval-mode unit features.
   np.testing.assert_allclose(np.linalg.norm(state.extra['memory'], axis=1),
@@ -451,11 +469,14 @@ def test_first_refresh_without_clusters_stops_with_advice(root, stage2,
 
 
 def test_contrast_without_generation_trains_e_id_alone(root, stage2,
-                                                       tmp_path):
+                                                       tmp_path, caplog):
   c = tiny(root, stage=3, structure='off', init=stage2[0],
            init_keys=gcl_config.STAGE1_KEYS, num_epochs=1)
   assert c.aug.train == 'gcl_off'
-  out = train.train_and_evaluate(c, str(tmp_path / 'run'))
+  with caplog.at_level('INFO'):
+    out = train.train_and_evaluate(c, str(tmp_path / 'run'))
+  # A backbone alone: the new embedding's BN is set before the memory.
+  assert 'embedding BN statistics set from 152 train images' in caplog.text
   assert out['train_step_traces'] == 1
   state = methods_testlib.loop_state(c, str(tmp_path / 'run'))[3]
   assert set(state.params) == {'identity'} and set(state.opt_state) == {'id'}

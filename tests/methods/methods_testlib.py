@@ -75,8 +75,11 @@ def loop_state(c, workdir):
                                  ckpt)
   ckpt.close()
   extractor = extract.Extractor(method.eval_features, mesh, 32)
-  ctx = base.RefreshContext(config=c, train=data.split, mesh=mesh,
-                            extract_train=lambda v: data.extract(extractor, v))
+  ctx = base.RefreshContext(
+      config=c, train=data.split, mesh=mesh,
+      extract_train=lambda v: data.extract(extractor, v),
+      extract_train_raw=lambda fn, v: data.extract(
+          extract.Extractor(fn, mesh, 32, normalize=False), v))
   return mesh, data, method, state, shardings, ctx
 
 

@@ -62,5 +62,6 @@ def test_small_encoder_outputs_and_embedding_head():
   bn = (lin / np.sqrt(1 + 1e-5)) * np.asarray(p['embed_bn']['scale']) + (
       np.asarray(p['embed_bn']['bias']))
   np.testing.assert_allclose(out['embedding'], bn, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(out['embed_linear'], lin, rtol=1e-4, atol=1e-5)
   bound = 1 / math.sqrt(64)
   assert np.abs(np.asarray(p['embed']['kernel'])).max() <= bound
