@@ -34,6 +34,7 @@ import collections
 import json
 import os
 import platform
+import re
 import shutil
 import sys
 import time
@@ -116,7 +117,8 @@ def main(argv):
                                                     'gcl_stage2')
       c = common.override(c, **_parse(FLAGS.stage3))
       if FLAGS.stage3:
-        name += '_' + '_'.join(FLAGS.stage3).replace('=', '-')
+        name += '_' + re.sub(r'[^\w.-]', '', '_'.join(FLAGS.stage3)
+                             .replace('=', '-'))
         lines += ['Stage-3 overrides: ' + ', '.join(FLAGS.stage3), '']
     workdir = os.path.join(FLAGS.workdir, name)
     out, secs = _run(c, workdir)

@@ -78,6 +78,10 @@ def get_config(arg: str | None = None):
       # statistics are set from the train images before they are used
       # (GCL._calibrate_embedding); False keeps mean 0, var 1.
       calibrate_embedding=True,
+      # E_id's running BN statistics in stage 3: 'all' = updated by its four
+      # train-mode calls in turn, the real batch and the three generated
+      # ones (the reference); 'real' = by the real batch alone.
+      bn_stats='all',
       temperature=0.04, num_negatives=8192, memory_momentum=0.2,
       own_slot=True,   # L'_vi's positive: M[idx] (code) or f (eq. 5.7)
       k1=30, k2=6, rho=RHO.get(a.dataset, 0.002), min_samples=4,

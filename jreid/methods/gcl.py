@@ -90,6 +90,9 @@ class GCL(base.Method):
     if self.structure == 'off' and self.stage == 2:
       raise ValueError("config.method.structure='off' trains no generator: "
                        'it is a stage-3 ablation (set config.method.stage=3)')
+    if m.get('bn_stats', 'all') not in ('all', 'real'):
+      raise ValueError(f'config.method.bn_stats={m.bn_stats!r}; choose '
+                       "'all' (the reference) or 'real'")
     if m.feature_recon not in ('code', 'thesis'):
       raise ValueError(f'config.method.feature_recon={m.feature_recon!r}; '
                        "choose 'code' or 'thesis'")
@@ -309,7 +312,9 @@ class GCL(base.Method):
     LayerNorm), so calls on the same parameters share one batched call;
     E_id does too in eval mode (stage 2). In train mode (stage 3) its four
     calls stay separate: each has its own batch statistics, as in the
-    reference.
+    reference, and each updates the running statistics in turn
+    (`bn_stats='all'`); `bn_stats='real'` keeps only the real batch's
+    update, so that the test-time statistics are those of real images.
     """
     gen = lambda method, *a: self.generator.apply({'params': g_params}, *a,
                                                   method=method)
@@ -321,6 +326,7 @@ class GCL(base.Method):
     x1, x2 = halves(gen(gcl_generator.Generator.decode, two(code_o, code_n),
                         two(e0['f_id'], e0['f_id'])))
     if self.joint:
+      real_stats = stats
       e1, stats = self._encode(id_params, stats, x1)
       e2, stats = self._encode(id_params, stats, x2)
     else:
@@ -329,6 +335,8 @@ class GCL(base.Method):
       e2 = jax.tree.map(lambda v: halves(v)[1], e12)
     x3 = gen(gcl_generator.Generator.decode, code_o, e2['f_id'])
     e3, stats = self._encode(id_params, stats, x3)
+    if self.joint and self.config.method.get('bn_stats', 'all') == 'real':
+      stats = real_stats  # the generated batches normalise, but not record
     return ({'x1': x1, 'x2': x2, 'x3': x3, 'p': e0['f_id'], 'p1': e1['f_id'],
              'p2': e2['f_id'], 'p3': e3['f_id'], 'f': e0['embedding'],
              'f2': e2['embedding']}, stats)

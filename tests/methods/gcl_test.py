@@ -481,3 +481,36 @@ def test_contrast_without_generation_trains_e_id_alone(root, stage2,
   state = methods_testlib.loop_state(c, str(tmp_path / 'run'))[3]
   assert set(state.params) == {'identity'} and set(state.opt_state) == {'id'}
   assert np.all(np.isfinite(_losses(str(tmp_path / 'run'), 'loss_vi')))
+
+
+@pytest.mark.parametrize('bn_stats,updates', [('all', 4), ('real', 1)])
+def test_stage3_running_statistics_from_every_call_or_the_real_batch(
+    root, bn_stats, updates):
+  """E_id's four train-mode calls chain the running statistics (each call
+  reads the previous one's); 'real' keeps only the real batch's update."""
+  from jreid.data import pipeline  # pylint: disable=g-import-not-at-top
+  from jreid.models import gcl_generator  # pylint: disable=g-import-not-at-top
+  c = tiny(root, stage=3, **{'method.bn_stats': bn_stats})
+  method = gcl.GCL(c, pipeline.load_dataset(c).train)
+  seen = []
+
+  def encode(id_params, stats, img):
+    del id_params
+    seen.append(stats)
+    return {'f_id': img[:, 0, 0], 'embedding': img[:, 0, 0]}, stats + 1
+
+  class Generator:  # encode: the structure; decode: the code plus f_id
+
+    def apply(self, variables, *args, method=None):
+      del variables
+      if method is gcl_generator.Generator.encode:
+        return args[0]
+      return args[0] + args[1][:, None, None, :]
+
+  method._encode, method.generator = encode, Generator()
+  x = jnp.ones((2, 4, 2, 1))
+  _, stats = method._forward(None, None, stats=0, x=x, s_ori=x, s_new=x)
+  assert seen == [0, 1, 2, 3] and stats == updates
+  with pytest.raises(ValueError, match="choose 'all'"):
+    gcl.GCL(tiny(root, stage=3, **{'method.bn_stats': 'fake'}),
+            pipeline.load_dataset(c).train)
