@@ -78,7 +78,10 @@ def stage2(root, tmp_path_factory):
 # compilation of the loop's step serves all three (the step test calls the
 # loop's StepFn on the same shapes: a persistent-cache hit).
 def tiny3(root, stage2_dir, **overrides):
-  c = tiny(root, stage=3, init=stage2_dir, **{'optim.name': 'sgd'},
+  # bn_stats: the reference's 'all' (the synthetic preset's 'real' is the
+  # other branch of the same code, tested with stubs below).
+  c = tiny(root, stage=3, init=stage2_dir, **{'optim.name': 'sgd',
+                                              'method.bn_stats': 'all'},
            **overrides)
   c.optim.groups.dis.lr = 0.1
   return c
@@ -166,11 +169,13 @@ def _reference_step(method, state, images, batch, key, d_first=True):
 
     g = lambda s, f: method.generator.apply({'params': gp}, s, f)
     e0 = enc(x)
+    real = stats  # after the real batch: what bn_stats='real' keeps
     x1, x2 = g(s_o, e0['f_id']), g(s_n, e0['f_id'])
     e1, e2 = enc(x1), enc(x2)
     x3 = g(s_o, e2['f_id'])
     e3 = enc(x3)
-    return (x1, x2, x3, e0, e1, e2, e3), stats
+    return (x1, x2, x3, e0, e1, e2, e3), (real if m.bn_stats == 'real'
+                                          else stats)
 
   d = lambda dp: lambda img: method.discriminator.apply({'params': dp}, img)
   (x1, x2, x3, *_), _ = forward(params['generator'], params['identity'])
