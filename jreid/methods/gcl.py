@@ -90,8 +90,10 @@ class GCL(base.Method):
     if self.structure == 'off' and self.stage == 2:
       raise ValueError("config.method.structure='off' trains no generator: "
                        'it is a stage-3 ablation (set config.method.stage=3)')
-    if m.get('bn_stats', 'all') not in ('all', 'real'):
-      raise ValueError(f'config.method.bn_stats={m.bn_stats!r}; choose '
+    # .get: runs saved before the field existed had the reference's 'all'.
+    self.bn_stats = m.get('bn_stats', 'all')
+    if self.bn_stats not in ('all', 'real'):
+      raise ValueError(f'config.method.bn_stats={self.bn_stats!r}; choose '
                        "'all' (the reference) or 'real'")
     if m.feature_recon not in ('code', 'thesis'):
       raise ValueError(f'config.method.feature_recon={m.feature_recon!r}; '
@@ -335,7 +337,7 @@ class GCL(base.Method):
       e2 = jax.tree.map(lambda v: halves(v)[1], e12)
     x3 = gen(gcl_generator.Generator.decode, code_o, e2['f_id'])
     e3, stats = self._encode(id_params, stats, x3)
-    if self.joint and self.config.method.get('bn_stats', 'all') == 'real':
+    if self.joint and self.bn_stats == 'real':
       stats = real_stats  # the generated batches normalise, but not record
     return ({'x1': x1, 'x2': x2, 'x3': x3, 'p': e0['f_id'], 'p1': e1['f_id'],
              'p2': e2['f_id'], 'p3': e3['f_id'], 'f': e0['embedding'],
