@@ -120,9 +120,12 @@ class GCL(base.Method):
         aspp_dilations=tuple(c.method.aspp_dilations),
         # .get: runs saved before these fields existed (tools read their
         # config.json) had the networks' defaults.
-        structure_res=c.method.get('structure_res', gcl_generator.NUM_RES))
+        structure_res=c.method.get('structure_res', gcl_generator.NUM_RES),
+        dim=c.method.get('gen_dim', gcl_generator.DIM),
+        mlp_dim=c.method.get('gen_mlp_dim', gcl_generator.MLP_DIM))
     self.discriminator = gcl_discriminator.MultiScaleDiscriminator(
-        num_res=c.method.get('dis_num_res', gcl_discriminator.NUM_RES))
+        num_res=c.method.get('dis_num_res', gcl_discriminator.NUM_RES),
+        dim=c.method.get('dis_dim', 32))
     self.model = self.identity
 
   def init_variables(self, key, image_size):

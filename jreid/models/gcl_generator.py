@@ -7,6 +7,12 @@ gcl/models/gan.py `ContentEncoder`, `Decoder`, `AdaINGen`). Layout is NHWC.
   f_id (B, 8192)    --AdaINMLPs-------->  w, b (B, 1024) each
   (s, w, b)         --Decoder---------->  image (B, H, W, 3), no tanh
 
+Widths follow the reference's `gen.dim` = 16 (DIM): E_str's convs have 16,
+32, 32, 64 channels, its residual blocks 64, the ASPP paths 32 (128 out),
+the decoder 128 (= STYLE_DIM, the AdaIN channels per layer), its upsampling
+convs 64 and 32. `dim` scales all of them (dim 8 halves each), for small
+images on CPU; the AdaIN MLPs' hidden width (512) is `mlp_dim`.
+
 Every conv pads with reflection and then runs a VALID conv, as PyTorch's
 `ReflectionPad2d` + `Conv2d` do. Reflection needs pad < size, so like the
 reference this rejects feature maps smaller than the padding: the ASPP's
@@ -27,7 +33,9 @@ NORM_EPS = 1e-5
 LRELU_SLOPE = 0.2
 F_ID_DIM = 8192  # 2048 channels x 4 strips, channel-major (index c * 4 + p).
 NUM_RES = 4
-STYLE_DIM = 128  # Decoder width, and AdaIN channels per layer.
+DIM = 16  # the reference's gen.dim: every width below is a multiple of it
+STYLE_DIM = 8 * DIM  # Decoder width, and AdaIN channels per layer.
+MLP_DIM = 512
 
 # Kaiming-normal, fan_in, gain sqrt(2): std = sqrt(2 / fan_in), untruncated.
 kaiming_normal = nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')
@@ -139,7 +147,7 @@ class ASPP(nn.Module):
 
 
 class StructureEncoder(nn.Module):
-  """E_str: grey mesh (B, H, W, 1) -> structure s (B, H/4, W/4, 128).
+  """E_str: grey mesh (B, H, W, 1) -> structure s (B, H/4, W/4, 8 dim).
 
   Conv blocks are reflect-pad conv + IN (no affine) + lrelu(0.2). No tanh.
   `dilations` are the ASPP's (3, 6, 9 at 256x128; a smaller image needs
@@ -147,14 +155,18 @@ class StructureEncoder(nn.Module):
   """
   dilations: tuple[int, ...] = (3, 6, 9)
   num_res: int = NUM_RES  # the reference's 4; fewer compile faster (tests)
+  dim: int = DIM
 
   @nn.compact
   def __call__(self, x):
-    for i, (feat, stride) in enumerate(((16, 2), (32, 1), (32, 1), (64, 2))):
+    d = self.dim
+    for i, (feat, stride) in enumerate(((d, 2), (2 * d, 1), (2 * d, 1),
+                                        (4 * d, 2))):
       x = lrelu(instance_norm(reflect_conv(x, feat, 3, f'conv{i + 1}', stride)))
     for k in range(self.num_res):
-      x = ResBlock(64, name=f'res{k + 1}')(x)
-    return ASPP(dilations=tuple(self.dilations), name='aspp')(x)
+      x = ResBlock(4 * d, name=f'res{k + 1}')(x)
+    return ASPP(path_features=2 * d, dilations=tuple(self.dilations),
+                name='aspp')(x)
 
 
 class MLP(nn.Module):
@@ -162,7 +174,7 @@ class MLP(nn.Module):
 
   (B, D_in) -> (B, out_features).
   """
-  hidden: int = 512
+  hidden: int = MLP_DIM
   out_features: int = 2 * STYLE_DIM
 
   @nn.compact
@@ -181,14 +193,19 @@ class AdaINMLPs(nn.Module):
   `mlp_b{k}`. As f_id is flattened channel-major (index c * 4 + p), chunk k
   is channels [512k, 512(k+1)) x all 4 strips. The 256 outputs of each MLP go
   to ResBlock k's two AdaIN layers (128 each), so w[:, 256k:256(k+1)] and
-  b[:, 256k:256(k+1)] depend on chunk k only.
+  b[:, 256k:256(k+1)] depend on chunk k only. (With `dim` != 16: 16 dim
+  outputs per MLP, 8 dim per AdaIN layer.)
   """
+  dim: int = DIM
+  mlp_dim: int = MLP_DIM
 
   @nn.compact
   def __call__(self, f_id):
     chunks = jnp.split(f_id, NUM_RES, axis=-1)
-    w = [MLP(name=f'mlp_w{k}')(c) for k, c in enumerate(chunks)]
-    b = [MLP(name=f'mlp_b{k}')(c) for k, c in enumerate(chunks)]
+    mlp = functools.partial(MLP, hidden=self.mlp_dim,
+                            out_features=16 * self.dim)
+    w = [mlp(name=f'mlp_w{k}')(c) for k, c in enumerate(chunks)]
+    b = [mlp(name=f'mlp_b{k}')(c) for k, c in enumerate(chunks)]
     return jnp.concatenate(w, axis=-1), jnp.concatenate(b, axis=-1)
 
 
@@ -212,21 +229,23 @@ class Decoder(nn.Module):
   """G: s (B, h, w, 128), w, b (B, 1024) -> image (B, 4h, 4w, 3).
 
   ResBlock k uses w, b[:, 256k:256(k+1)]. Output is linear (no tanh), in the
-  ImageNet-normalised space of the real images.
+  ImageNet-normalised space of the real images. (128 = 8 dim, 256 = 16 dim.)
   """
+  dim: int = DIM
 
   @nn.compact
   def __call__(self, s, w, b):
     x = s
-    n = 2 * STYLE_DIM
+    d = self.dim
+    n = 16 * d
     for k in range(NUM_RES):
-      x = ResBlock(STYLE_DIM, name=f'res{k + 1}')(
+      x = ResBlock(8 * d, name=f'res{k + 1}')(
           x, w[:, n * k:n * (k + 1)], b[:, n * k:n * (k + 1)])
-    for i, feat in enumerate((64, 32)):
+    for i, feat in enumerate((4 * d, 2 * d)):
       x = reflect_conv(_upsample2(x), feat, 5, f'up{i + 1}')
       x = lrelu(DGNetLayerNorm(name=f'up{i + 1}_ln')(x))
-    x = lrelu(reflect_conv(x, 32, 3, 'conv1'))
-    x = lrelu(reflect_conv(x, 32, 3, 'conv2'))
+    x = lrelu(reflect_conv(x, 2 * d, 3, 'conv1'))
+    x = lrelu(reflect_conv(x, 2 * d, 3, 'conv2'))
     return reflect_conv(x, 3, 1, 'to_rgb')
 
 
@@ -239,12 +258,15 @@ class Generator(nn.Module):
   aspp_dilations: tuple[int, ...] = (3, 6, 9)
   structure_res: int = NUM_RES  # E_str's residual blocks (the decoder's 4
   #                               are fixed: one per chunk of f_id)
+  dim: int = DIM  # the reference's gen.dim: scales every width
+  mlp_dim: int = MLP_DIM
 
   def setup(self):
     self.structure_encoder = StructureEncoder(
-        dilations=tuple(self.aspp_dilations), num_res=self.structure_res)
-    self.adain_mlps = AdaINMLPs()
-    self.decoder = Decoder()
+        dilations=tuple(self.aspp_dilations), num_res=self.structure_res,
+        dim=self.dim)
+    self.adain_mlps = AdaINMLPs(dim=self.dim, mlp_dim=self.mlp_dim)
+    self.decoder = Decoder(dim=self.dim)
 
   def __call__(self, mesh, f_id):
     w, b = self.adain_mlps(f_id)

@@ -276,6 +276,34 @@ def test_generator_end_to_end_shapes():
                                       'decoder'}
 
 
+def test_dim_scales_every_width():
+  # gen.dim 16 is the reference; dim 8 halves each width (and the AdaIN
+  # parameters per layer), mlp_dim sets the MLPs' hidden width.
+  mesh = jax.ShapeDtypeStruct((2, 40, 40, 1), jnp.float32)
+  f_id = jax.ShapeDtypeStruct((2, 4 * 96), jnp.float32)
+
+  def widths(**kw):
+    img, v = jax.eval_shape(gg.Generator(**kw).init_with_output,
+                            jax.random.key(0), mesh, f_id)
+    assert img.shape == (2, 40, 40, 3)
+    p = v['params']
+    enc, dec, mlp = p['structure_encoder'], p['decoder'], p['adain_mlps']
+    return ([enc[f'conv{i}']['kernel'].shape[-1] for i in (1, 2, 3, 4)]
+            + [enc['res1']['conv1']['kernel'].shape[-1],
+               enc['aspp']['path_a']['kernel'].shape[-1],
+               enc['aspp']['fuse']['kernel'].shape[-1],
+               dec['res1']['conv1']['kernel'].shape[-1],
+               dec['up1']['kernel'].shape[-1], dec['up2']['kernel'].shape[-1],
+               dec['conv2']['kernel'].shape[-1],
+               mlp['mlp_w0']['fc1']['kernel'].shape,
+               mlp['mlp_b3']['fc3']['kernel'].shape])
+
+  assert widths() == [16, 32, 32, 64, 64, 32, 128, 128, 64, 32, 32,
+                      (96, 512), (512, 256)]
+  assert widths(dim=8, mlp_dim=64) == [8, 16, 16, 32, 32, 16, 64, 64, 32, 16,
+                                       16, (96, 64), (64, 128)]
+
+
 def test_init_statistics():
   p = _decoder()[1]['params']
   kernel = np.asarray(p['up1']['kernel'])  # 5x5x128x64: fan_in 3200.
