@@ -95,6 +95,8 @@ class GCL(base.Method):
     if self.bn_stats not in ('all', 'real'):
       raise ValueError(f'config.method.bn_stats={self.bn_stats!r}; choose '
                        "'all' (the reference) or 'real'")
+    # .get: likewise, runs before the field existed had the reference's.
+    self.id_through_generator = bool(m.get('id_through_generator', True))
     if m.feature_recon not in ('code', 'thesis'):
       raise ValueError(f'config.method.feature_recon={m.feature_recon!r}; '
                        "choose 'code' or 'thesis'")
@@ -320,25 +322,39 @@ class GCL(base.Method):
     reference, and each updates the running statistics in turn
     (`bn_stats='all'`); `bn_stats='real'` keeps only the real batch's
     update, so that the test-time statistics are those of real images.
+
+    `id_through_generator=False` (stage 3): the identity codes that G
+    decodes, E_id(x) and E_id(x2), are constants for E_id's weights, so
+    that the terms on G's images (adversarial, image and cycle
+    reconstruction) reach E_id only where E_id reads an image: L_feat
+    through E_id(x1), E_id(x3) and the memory losses. G's gradients are
+    unchanged (x2 still feeds x3 through E_id(x2)).
     """
     gen = lambda method, *a: self.generator.apply({'params': g_params}, *a,
                                                   method=method)
     two = lambda a, b: jnp.concatenate([a, b], axis=0)
     halves = lambda t: jnp.split(t, 2, axis=0)
+    cut = self.joint and not self.id_through_generator
     e0, stats = self._encode(id_params, stats, x)
+    p0 = jax.lax.stop_gradient(e0['f_id']) if cut else e0['f_id']
     code_o, code_n = halves(gen(gcl_generator.Generator.encode,
                                 two(s_ori, s_new)))
     x1, x2 = halves(gen(gcl_generator.Generator.decode, two(code_o, code_n),
-                        two(e0['f_id'], e0['f_id'])))
+                        two(p0, p0)))
     if self.joint:
       real_stats = stats
       e1, stats = self._encode(id_params, stats, x1)
+      stats_before_x2 = stats
       e2, stats = self._encode(id_params, stats, x2)
     else:
       e12, stats = self._encode(id_params, stats, two(x1, x2))
       e1 = jax.tree.map(lambda v: halves(v)[0], e12)
       e2 = jax.tree.map(lambda v: halves(v)[1], e12)
-    x3 = gen(gcl_generator.Generator.decode, code_o, e2['f_id'])
+    p2 = e2['f_id']
+    if cut:  # E_id(x2) again on constant weights (same batch statistics)
+      p2 = self._encode(jax.lax.stop_gradient(id_params), stats_before_x2,
+                        x2)[0]['f_id']
+    x3 = gen(gcl_generator.Generator.decode, code_o, p2)
     e3, stats = self._encode(id_params, stats, x3)
     if self.joint and self.bn_stats == 'real':
       stats = real_stats  # the generated batches normalise, but not record

@@ -519,3 +519,56 @@ def test_stage3_running_statistics_from_every_call_or_the_real_batch(
   with pytest.raises(ValueError, match="choose 'all'"):
     gcl.GCL(tiny(root, stage=3, **{'method.bn_stats': 'fake'}),
             pipeline.load_dataset(c).train)
+
+
+@pytest.mark.parametrize('through', [True, False])
+def test_stage3_id_through_generator_switch(root, through):
+  """id_through_generator=False: G's images depend on E_id's weights only
+  where E_id reads an image; G's own gradients do not change."""
+  from jreid.data import pipeline  # pylint: disable=g-import-not-at-top
+  from jreid.models import gcl_generator  # pylint: disable=g-import-not-at-top
+  c = tiny(root, stage=3, **{'method.id_through_generator': through})
+  method = gcl.GCL(c, pipeline.load_dataset(c).train)
+  seen = []
+
+  def encode(id_params, stats, img):  # f_id = w * first pixel
+    seen.append(stats)
+    f = img[:, 0, 0] * id_params
+    return {'f_id': f, 'embedding': f}, stats + 1
+
+  class Generator:  # encode: g * structure; decode: code + g * f_id
+
+    def apply(self, variables, *args, method=None):
+      g = variables['params']
+      if method is gcl_generator.Generator.encode:
+        return g * args[0]
+      return args[0] + g * args[1][:, None, None, :]
+
+  method._encode, method.generator = encode, Generator()
+  x = jnp.arange(1.0, 17.0).reshape(2, 4, 2, 1)
+  s = jnp.full_like(x, 0.5)
+  g, w = jnp.float32(1.5), jnp.float32(0.7)
+
+  def grads(name):
+    f = lambda g, w: jnp.sum(method._forward(g, w, stats=0, x=x, s_ori=s,
+                                             s_new=s)[0][name])
+    return [float(v) for v in jax.grad(f, argnums=(0, 1))(g, w)]
+
+  # x1 = g s + g w x[0,0]: by hand, per sample b, 8 pixels.
+  first = x[:, 0, 0, 0]
+  want_dw = float(jnp.sum(8 * g * first)) if through else 0.0
+  assert grads('x1')[1] == pytest.approx(want_dw)
+  assert grads('x1')[0] == pytest.approx(float(jnp.sum(8 * (0.5 + w * first))))
+  # p1 = E_id(x1) still trains E_id: d/dw of w (g s + g w x00).
+  want_p1 = float(jnp.sum(g * 0.5 + (2 if through else 1) * g * w * first))
+  assert grads('p1')[1] == pytest.approx(want_p1)
+  # x3 = g s + g E_id(x2): G's gradient is the same either way.
+  x2_00 = g * 0.5 + g * w * first
+  assert grads('x3')[0] == pytest.approx(
+      float(jnp.sum(8 * (0.5 + w * x2_00 + g * w * (0.5 + w * first)))))
+  del seen[:]
+  _, stats = method._forward(g, w, stats=0, x=x, s_ori=s, s_new=s)
+  # The repeated E_id(x2) reads the statistics before x2; its update is
+  # dropped ('all': three generated calls chain after the real one).
+  assert seen == ([0, 1, 2, 3] if through else [0, 1, 2, 2, 3])
+  assert stats == (1 if c.method.bn_stats == 'real' else 4)
