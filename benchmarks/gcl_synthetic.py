@@ -25,6 +25,9 @@ goes to <workdir>/gcl_stage3_<overrides>):
 
   python benchmarks/gcl_synthetic.py --stages=3 --out=/tmp/probe.md \
       --grid= --stage3=method.temperature=0.1,optim.groups.id.lr=3.5e-5
+
+and `--stage2=...` likewise for stage 2 (its run goes to
+<workdir>/gcl_stage2_<overrides>; give it to stage 3 as --stage2_workdir).
 """
 
 from __future__ import annotations
@@ -57,6 +60,8 @@ flags.DEFINE_list('stages', ['2', '3'], 'stages to run')
 flags.DEFINE_list('stage3', [], 'dotted overrides of stage 3, as on the '
                   'command line: method.temperature=0.1,optim.groups.id.lr='
                   '3.5e-5 (the probes of benchmarks/gcl.md)')
+flags.DEFINE_list('stage2', [], 'dotted overrides of stage 2, likewise; its '
+                  'run goes to <workdir>/gcl_stage2_<overrides>')
 flags.DEFINE_string('stage2_workdir', '', 'a finished stage-2 run to start '
                     'stage 3 from (default: <workdir>/gcl_stage2)')
 FLAGS = flags.FLAGS
@@ -115,11 +120,12 @@ def main(argv):
     if stage == 3:
       c.init = FLAGS.stage2_workdir or os.path.join(FLAGS.workdir,
                                                     'gcl_stage2')
-      c = common.override(c, **_parse(FLAGS.stage3))
-      if FLAGS.stage3:
-        name += '_' + re.sub(r'[^\w.-]', '', '_'.join(FLAGS.stage3)
-                             .replace('=', '-'))
-        lines += ['Stage-3 overrides: ' + ', '.join(FLAGS.stage3), '']
+    overrides = FLAGS.stage3 if stage == 3 else FLAGS.stage2
+    c = common.override(c, **_parse(overrides))
+    if overrides:
+      name += '_' + re.sub(r'[^\w.-]', '', '_'.join(overrides)
+                           .replace('=', '-'))
+      lines += [f'Stage-{stage} overrides: ' + ', '.join(overrides), '']
     workdir = os.path.join(FLAGS.workdir, name)
     out, secs = _run(c, workdir)
     rows = metrics_io.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))

@@ -38,10 +38,11 @@ MMCL* in brackets; the JVTC+ rows need spatio-temporal re-ranking, §4.9):
   Table 5.3 (Market, JVTC*): off + augmentation 53.7 / 78.7.
   Table 5.4: FID 59.86, SSIM 0.367 (Market, unsupervised).
   synthetic   (stage 2 from an ICE synthetic run, proxy structure, CPU;
-              rho 0.012, Market's rule scaled to 12.6 images per identity;
-              stage 3 with bn_stats=real): ICE 21.4, stage 2 21.1;
-              stage 3 not yet at ICE's (20.8 after 6 epochs)
-              benchmarks/gcl.md
+              G and D at half widths; rho 0.012, Market's rule scaled to
+              12.6 images per identity; stage 3 with bn_stats=real,
+              id_through_generator=False): ICE 21.5, stage 2 (12.0 min)
+              21.3, stage 3 23.3 (the reference's id_through_generator:
+              21.0); benchmarks/gcl.md
 """
 
 from __future__ import annotations
@@ -73,6 +74,9 @@ def get_config(arg: str | None = None):
       # Residual blocks of E_str and of each D scale: the reference's 4.
       # The tests use 1 (same layers, fewer of them: a faster compile).
       structure_res=4, dis_num_res=4,
+      # The generator's widths: the reference's gen.dim 16 (E_str 16-64
+      # channels, decoder 128) and mlp_dim 512 (jreid/models/gcl_generator.py).
+      gen_dim=16, gen_mlp_dim=512, dis_dim=32,
       gan_weight=1.0, r1_weight=0.01, recon_x_weight=5.0,
       recon_cycle_weight=5.0, recon_f_weight=5.0, memory_weight=1.0,
       feature_recon=a.feature_recon,
@@ -84,6 +88,10 @@ def get_config(arg: str | None = None):
       # train-mode calls in turn, the real batch and the three generated
       # ones (the reference); 'real' = by the real batch alone.
       bn_stats='all',
+      # Stage 3: the terms on G's images reach E_id's weights through the
+      # identity codes G decodes (True, the reference) or only where E_id
+      # reads an image (False: L_feat and the memory losses).
+      id_through_generator=True,
       temperature=0.04, num_negatives=8192, memory_momentum=0.2,
       own_slot=True,   # L'_vi's positive: M[idx] (code) or f (eq. 5.7)
       k1=30, k2=6, rho=RHO.get(a.dataset, 0.002), min_samples=4,
@@ -124,11 +132,15 @@ def get_config(arg: str | None = None):
     c.sampler.batch_size = 16
     c.sampler.num_instances = 1
     c.aug.pad = 3
-    # The generator's widths do not shrink with the image (its 128-channel
-    # decoder is most of a step: ~3 s at batch 16 on 2 CPU cores), so the
-    # stages are short: 200 steps each.
+    # G and D at half the reference's widths (gen.dim 8: decoder 64
+    # channels; dis.dim 16), as E_id is a narrow ResNet: at the reference's
+    # the decoder is two thirds of a step (5.1 of 7.8 s at batch 16 on a
+    # 2-core CPU) and 160 stage-2 steps took 17.5 min (benchmarks/gcl.md).
+    # At ~2 s a step: stage 2 300 steps, stage 3 200.
+    c.method.gen_dim = 8
+    c.method.dis_dim = 16
     c.num_epochs = 4
-    c.steps_per_epoch = 50
+    c.steps_per_epoch = 75 if a.stage == 2 else 50
     c.optim.decay_epochs = (2,) if a.stage == 3 else ()
     # rho scaled to the set: Market's 0.002 is 1.6x its fraction of
     # same-identity pairs (16.2 / 12,935 = 0.00125); the synthetic train set
@@ -142,6 +154,14 @@ def get_config(arg: str | None = None):
     # statistics off: with 'all' (the reference) epochs 0-1 test at 17.9 /
     # 18.7, with 'real' 18.9 / 19.6 (benchmarks/gcl.md).
     c.method.bn_stats = 'real'
+    # Stage 3: E_id's weights take no gradient through the identity codes
+    # that G decodes. After 300 stage-2 steps G draws colour blobs (recon
+    # L1 ~0.6; the reference trains 40 epochs); the adversarial and image
+    # terms on them, reaching E_id through those codes, cost its test mAP
+    # (21.3 -> 21.0 after 4 epochs; without them 23.9 after 3,
+    # benchmarks/gcl.md). L_feat and the memory losses on the generated
+    # views still train E_id.
+    c.method.id_through_generator = False
     # Stage 1 = ICE, which tests (and clusters) with its momentum encoder.
     c.init_ema = a.stage == 2
     c.evals.every_epochs = 2 if a.stage == 2 else 1

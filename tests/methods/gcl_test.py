@@ -78,11 +78,12 @@ def stage2(root, tmp_path_factory):
 # compilation of the loop's step serves all three (the step test calls the
 # loop's StepFn on the same shapes: a persistent-cache hit).
 def tiny3(root, stage2_dir, **overrides):
-  # bn_stats: the reference's 'all' (the synthetic preset's 'real' is the
-  # other branch of the same code, tested with stubs below).
-  c = tiny(root, stage=3, init=stage2_dir, **{'optim.name': 'sgd',
-                                              'method.bn_stats': 'all'},
-           **overrides)
+  # bn_stats and id_through_generator: the reference's 'all' and True (the
+  # synthetic preset's 'real' and False are the other branches of the same
+  # code, tested with stubs below).
+  c = tiny(root, stage=3, init=stage2_dir,
+           **{'optim.name': 'sgd', 'method.bn_stats': 'all',
+              'method.id_through_generator': True}, **overrides)
   c.optim.groups.dis.lr = 0.1
   return c
 
