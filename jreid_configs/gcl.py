@@ -149,10 +149,11 @@ def get_config(arg: str | None = None):
     # outliers (eps 0.13), 0.012 22% (eps 0.39, 77 clusters of 130 ids).
     c.method.rho = 0.012
     # Stage 3: only the real batch updates E_id's running BN statistics.
-    # After 200 stage-2 steps the generated images are far from real ones
+    # After the short stage 2 the generated images are far from real ones
     # (recon L1 ~0.6), and three such batches per step pull the test-time
-    # statistics off: with 'all' (the reference) epochs 0-1 test at 17.9 /
-    # 18.7, with 'real' 18.9 / 19.6 (benchmarks/gcl.md).
+    # statistics off: with 'all' (the reference) epochs 0-1 tested at 17.9 /
+    # 18.7, with 'real' 18.9 / 19.6 (200-step full-width generator,
+    # benchmarks/gcl.md).
     c.method.bn_stats = 'real'
     # Stage 3: E_id's weights take no gradient through the identity codes
     # that G decodes. After 300 stage-2 steps G draws colour blobs (recon

@@ -127,7 +127,7 @@ class GCL(base.Method):
         mlp_dim=c.method.get('gen_mlp_dim', gcl_generator.MLP_DIM))
     self.discriminator = gcl_discriminator.MultiScaleDiscriminator(
         num_res=c.method.get('dis_num_res', gcl_discriminator.NUM_RES),
-        dim=c.method.get('dis_dim', 32))
+        dim=c.method.get('dis_dim', gcl_discriminator.DIM))
     self.model = self.identity
 
   def init_variables(self, key, image_size):

@@ -51,6 +51,7 @@ NEGATIVE_SLOPE = 0.2
 INIT_STD = 0.02
 NUM_SCALES = 3
 NUM_RES = 4  # residual blocks per scale (configs/latest.yaml n_res)
+DIM = 32  # channels of the first convs (configs/latest.yaml dis.dim)
 
 
 def avg_pool_exclude_pad(x: Array) -> Array:
@@ -139,7 +140,7 @@ class PatchDiscriminator(nn.Module):
     num_res: residual blocks at the end (4).
     dtype: computation dtype (params stay float32).
   """
-  dim: int = 32
+  dim: int = DIM
   num_res: int = NUM_RES
   dtype: Any = jnp.float32
 
@@ -166,7 +167,7 @@ class MultiScaleDiscriminator(nn.Module):
     dtype: computation dtype (params stay float32).
   """
   num_scales: int = NUM_SCALES
-  dim: int = 32
+  dim: int = DIM
   num_res: int = NUM_RES
   dtype: Any = jnp.float32
 
