@@ -33,9 +33,14 @@ def _params(workdir):
   return checkpoint_init.load_init_variables(workdir)['params']
 
 
-# Grouped BatchNorm (groups straddle devices) and SGD: the end-to-end run is
-# also the 1-device half of the 1-vs-8 test.
-SHARED = {'model.bn_group_size': 4, 'optim.name': 'sgd'}
+# Grouped BatchNorm (groups of 8 straddle 4 of the 8 devices) and SGD: the
+# end-to-end run is also the 1-device half of the 1-vs-8 test. Not groups of
+# 4: at 32x16 the last stages' maps are 2x1, so a group of 4 images
+# normalises over 8 values per channel, and the 1/sqrt(var) of so few values
+# amplifies the reduction-order rounding ~20x a step at epoch 1's lr (on the
+# synthetic images of some JPEG codecs the curves parted by 1e-3 at step 6;
+# with groups of 8 they agree to 7e-6).
+SHARED = {'model.bn_group_size': 8, 'optim.name': 'sgd'}
 
 
 @pytest.fixture(scope='module')
@@ -92,7 +97,7 @@ def test_one_and_eight_devices_give_the_same_run(data_root, end_to_end,
                                                 tmp_path):
   """1 vs 8 devices with the same bn_group_size (groups straddle devices).
 
-  With SGD the whole loss curve (1e-5 after 5 steps, 1.3e-5 after 6) and
+  With SGD the whole loss curve (2e-6 after 5 steps, 7e-6 after 6) and
   the test metrics agree to float rounding (the 1-device run is the
   end-to-end test's). Adam is checked on its first
   update only: Adam's early steps are about lr * sign(g), so gradients that
