@@ -232,14 +232,22 @@ def test_two_processes_train_like_one(data_root, tmp_path):
   supervised loop is this one without the refresh.
   """
   method = 'cluster_contrast'
-  _, config = _tiny(method, data_root, **{'mesh.num_devices': 4})
+  # SGD, not the preset's Adam: Adam's first steps are about lr * sign(g), so
+  # the gradient directions BatchNorm makes zero in exact arithmetic carry
+  # rounding whose sign depends on the reduction order (gloo's sums here),
+  # and the curves drift apart (1.3e-4 at step 4 on some machines' images;
+  # see train_test's 1-vs-8 test). What this test checks is the loop's host
+  # side, which the optimizer does not touch.
+  sgd = {'optim.name': 'sgd'}
+  _, config = _tiny(method, data_root, **{'mesh.num_devices': 4}, **sgd)
   one, two = str(tmp_path / 'one'), str(tmp_path / 'two')
   # First, in this process: it also writes the dataset and decoded images
   # the workers then only read.
   reference = train.train_and_evaluate(config, one)
-  _train_two_processes(tmp_path, data_root, method, two, stop_after_step=3)
+  _train_two_processes(tmp_path, data_root, method, two, stop_after_step=3,
+                       **sgd)
   assert max(map(int, os.listdir(os.path.join(two, 'checkpoints')))) == 3
-  logs = _train_two_processes(tmp_path, data_root, method, two)
+  logs = _train_two_processes(tmp_path, data_root, method, two, **sgd)
   for i, log in enumerate(logs):
     assert f'process {i} of 2, 2 local devices of 4' in log
     assert 'resuming from' in log
