@@ -235,7 +235,7 @@ def test_two_processes_train_like_one(data_root, tmp_path):
   # SGD, not the preset's Adam: Adam's first steps are about lr * sign(g), so
   # the gradient directions BatchNorm makes zero in exact arithmetic carry
   # rounding whose sign depends on the reduction order (gloo's sums here),
-  # and the curves drift apart (1.3e-4 at step 4 on some machines' images;
+  # and the curves drift apart (1.3e-4 at step 4 on some machines;
   # see train_test's 1-vs-8 test). What this test checks is the loop's host
   # side, which the optimizer does not touch.
   sgd = {'optim.name': 'sgd'}

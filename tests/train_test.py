@@ -38,8 +38,8 @@ def _params(workdir):
 # 4: at 32x16 the last stages' maps are 2x1, so a group of 4 images
 # normalises over 8 values per channel, and the 1/sqrt(var) of so few values
 # amplifies the reduction-order rounding ~20x a step at epoch 1's lr (on the
-# synthetic images of some JPEG codecs the curves parted by 1e-3 at step 6;
-# with groups of 8 they agree to 7e-6).
+# 2-core machines of 2026-12-07 the curves parted by 1.4e-3 at step 6; with
+# groups of 8 they agree to 7e-6).
 SHARED = {'model.bn_group_size': 8, 'optim.name': 'sgd'}
 
 
