@@ -32,7 +32,6 @@ and `--stage2=...` likewise for stage 2 (its run goes to
 
 from __future__ import annotations
 
-import ast
 import collections
 import json
 import os
@@ -65,18 +64,6 @@ flags.DEFINE_list('stage2', [], 'dotted overrides of stage 2, likewise; its '
 flags.DEFINE_string('stage2_workdir', '', 'a finished stage-2 run to start '
                     'stage 3 from (default: <workdir>/gcl_stage2)')
 FLAGS = flags.FLAGS
-
-
-def _parse(items):
-  """['a.b=0.1', ...] -> {'a.b': 0.1}; values as Python literals."""
-  out = {}
-  for item in items:
-    key, value = item.split('=', 1)
-    try:
-      out[key] = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-      out[key] = value
-  return out
 
 
 def _run(config, workdir):
@@ -121,7 +108,7 @@ def main(argv):
       c.init = FLAGS.stage2_workdir or os.path.join(FLAGS.workdir,
                                                     'gcl_stage2')
     overrides = FLAGS.stage3 if stage == 3 else FLAGS.stage2
-    c = common.override(c, **_parse(overrides))
+    c = common.override(c, **common.parse_overrides(overrides))
     if overrides:
       name += '_' + re.sub(r'[^\w.-]', '', '_'.join(overrides)
                            .replace('=', '-'))

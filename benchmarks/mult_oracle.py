@@ -11,7 +11,7 @@ this network and schedule can learn from this data with perfect labels.
 
   python benchmarks/mult_oracle.py --workdir=/tmp/mult_oracle
 
-Extra overrides (JSON values): `--set=optim.lr=5e-4,method.momentum=0.5`.
+Extra overrides (Python literals): `--set=optim.lr=5e-4,method.momentum=0.5`.
 After the run it prints mAP within and across modalities on the train and
 test ids (each image a query against the other images; no camera rule), so
 a run that learns each modality but not their match can be told apart.
@@ -30,13 +30,14 @@ import numpy as np
 
 from jreid import train
 from jreid.clustering import label_transfer
+from jreid.evaluation import retrieval
 from jreid.methods import mult
 from jreid.tools.extractor import Extractor
 from jreid_configs import common
 from jreid_configs import mult as mult_config
 
 _WORKDIR = flags.DEFINE_string('workdir', '/tmp/mult_oracle', 'run folder')
-_SET = flags.DEFINE_string('set', '', 'comma-separated dotted=value overrides')
+_SET = flags.DEFINE_list('set', [], 'dotted=value overrides, comma-separated')
 
 _METHOD = []  # the run's MULT instance
 
@@ -66,19 +67,14 @@ def _oracle_transfer(f_rgb, f_ir, **kwargs):
 
 
 def _map(qf, qp, gf, gp, same):
-  """Mean AP (%) of cosine retrieval; `same`: queries are the gallery, the
-  query itself is left out."""
-  s = qf @ gf.T
-  if same:
-    np.fill_diagonal(s, -np.inf)
-  aps = []
-  for i in range(len(qf)):
-    order = np.argsort(-s[i], kind='stable')
-    order = order[np.isfinite(s[i][order])]
-    hits = np.flatnonzero(gp[order] == qp[i])
-    if len(hits):
-      aps.append(np.mean((np.arange(len(hits)) + 1) / (hits + 1)))
-  return 100 * float(np.mean(aps))
+  """Mean AP (%) of cosine retrieval by jreid's evaluator; `same`: queries
+  are the gallery, the query itself is left out."""
+  # The evaluator drops gallery images of the query's id and camera: with
+  # each image its own "camera" that drops the query itself (same) or
+  # nothing.
+  q_cams = np.arange(len(qf)) if same else -1 - np.arange(len(qf))
+  return 100 * retrieval.evaluate(-(qf @ gf.T), qp, gp, q_cams,
+                                  np.arange(len(gf)))['mAP']
 
 
 def modality_retrieval(workdir, root):
@@ -119,11 +115,7 @@ def main(argv):
   label_transfer.transfer = _oracle_transfer
   c = mult_config.get_config()
   c.evals.at_start = True
-  overrides = {}
-  for item in filter(None, _SET.value.split(',')):
-    key, value = item.split('=', 1)
-    overrides[key] = json.loads(value)
-  c = common.override(c, **overrides)
+  c = common.override(c, **common.parse_overrides(_SET.value))
   out = train.train_and_evaluate(c, _WORKDIR.value)
   print(json.dumps({k: v for k, v in out.items()
                     if isinstance(v, (int, float))}, indent=1))

@@ -112,6 +112,22 @@ def override(c: mlc.ConfigDict, **dotted) -> mlc.ConfigDict:
   return c
 
 
+def parse_overrides(items) -> dict:
+  """['a.b=0.1', 'data.root=data/x', ...] -> {'a.b': 0.1, 'data.root':
+  'data/x'}, for `override`: values as Python literals, else strings."""
+  out = {}
+  for item in items:
+    key, sep, value = item.partition('=')
+    if not sep:
+      raise ValueError(f'override {item!r} is not key=value '
+                       '(e.g. optim.lr=1e-3)')
+    try:
+      out[key] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      out[key] = value
+  return out
+
+
 def base_config(dataset: str) -> mlc.ConfigDict:
   """The defaults every method starts from (reference values, §1 of the spec)."""
   c = mlc.ConfigDict()

@@ -125,3 +125,14 @@ def test_override_sets_fields_and_new_parser_keywords_like_the_cli():
   common.override(c, **{'optim.lr': 1e-3, 'data.kwargs.num_cams': 8})
   assert c.optim.lr == 1e-3 and c.data.kwargs.num_cams == 8
   assert c.is_locked and c.data.kwargs.is_locked
+
+
+def test_parse_overrides_reads_literals_and_bare_strings():
+  got = common.parse_overrides(['optim.lr=1e-3', 'optim.decay_epochs=(20,)',
+                                'data.root=data/x', "aug.visible='bot'",
+                                'evals.flip=False'])
+  assert got == {'optim.lr': 1e-3, 'optim.decay_epochs': (20,),
+                 'data.root': 'data/x', 'aug.visible': 'bot',
+                 'evals.flip': False}
+  with pytest.raises(ValueError, match="'optim.lr' is not key=value"):
+    common.parse_overrides(['optim.lr'])
