@@ -102,3 +102,52 @@ def device_curves(make_config, tmp_path, devices=(1, 8)):
     curves.append([r['loss'] for r in metrics_io.read_jsonl(
         workdir + '/metrics.jsonl') if 'loss' in r])
   return curves
+
+
+def fixed_batch_steps(c, workdir, steps, *, epoch=0, fixed_memory=False):
+  """`steps` optimizer steps of the loop's jitted step on one fixed batch.
+
+  The loop's set-up (`loop_state`), the refresh of `epoch` with real
+  features, that epoch's first batch repeated `steps` times, in the phase
+  the method gives that epoch. With `fixed_memory` the method's
+  `state.extra` (its memories) is put back after each step, after checking
+  the step changed it, so the loss is measured against a fixed memory.
+
+  Returns:
+    A namespace: `losses` and `metrics` (dicts of floats) per step,
+    `before` and `after` the parameters (numpy), `traces` of the step,
+    `phase` it ran in.
+  """
+  # pylint: disable=g-import-not-at-top
+  import types
+  import jax
+  import numpy as np
+  from jreid import train_step
+  _, data, method, state, shardings, ctx = loop_state(c, workdir)
+  mesh = ctx.mesh
+  state, _ = method.refresh(ctx, state, epoch)
+  state = jax.device_put(state, shardings)
+  batches = method.epoch_batches(state, epoch, 1)
+  data.epoch({k: np.repeat(v, steps, 0) for k, v in batches.items()},
+             method.batch_fields, start=0)
+  step = train_step.StepFn(method, data, shardings, mesh)
+  phase = method.phase(epoch)
+  before = jax.tree.map(np.asarray, state.params)
+  memory = jax.tree.map(np.asarray, state.extra)
+  losses, terms = [], []
+  for b in range(steps):
+    streamed, batch = data.device_batch(b)
+    state, metrics = step(state, streamed, batch, phase)
+    losses.append(float(metrics['loss']))
+    terms.append({k: float(v) for k, v in metrics.items()})
+    if fixed_memory:
+      changed = [not np.array_equal(x, np.asarray(y)) for x, y in zip(
+          jax.tree.leaves(memory), jax.tree.leaves(state.extra))]
+      assert any(changed), 'the step left its memory unchanged'
+      # Fresh device copies: the step donates the state it is given.
+      state = state.replace(extra=jax.device_put(
+          jax.tree.map(np.copy, memory), shardings.extra))
+  return types.SimpleNamespace(
+      losses=losses, metrics=terms, before=before, traces=step.traces,
+      phase=phase,
+      after=jax.tree.map(np.asarray, state.params))
