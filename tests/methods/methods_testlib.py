@@ -114,17 +114,15 @@ def fixed_batch_steps(c, workdir, steps, *, epoch=0, fixed_memory=False):
   the step changed it, so the loss is measured against a fixed memory.
 
   Returns:
-    A namespace: `losses` and `metrics` (dicts of floats) per step,
-    `before` and `after` the parameters (numpy), `traces` of the step,
-    `phase` it ran in.
+    A namespace: `losses` per step, `before` and `after` the parameters
+    (numpy), `traces` of the step, `phase` it ran in.
   """
   # pylint: disable=g-import-not-at-top
   import types
   import jax
   import numpy as np
   from jreid import train_step
-  _, data, method, state, shardings, ctx = loop_state(c, workdir)
-  mesh = ctx.mesh
+  mesh, data, method, state, shardings, ctx = loop_state(c, workdir)
   state, _ = method.refresh(ctx, state, epoch)
   state = jax.device_put(state, shardings)
   batches = method.epoch_batches(state, epoch, 1)
@@ -134,12 +132,11 @@ def fixed_batch_steps(c, workdir, steps, *, epoch=0, fixed_memory=False):
   phase = method.phase(epoch)
   before = jax.tree.map(np.asarray, state.params)
   memory = jax.tree.map(np.asarray, state.extra)
-  losses, terms = [], []
+  losses = []
   for b in range(steps):
     streamed, batch = data.device_batch(b)
     state, metrics = step(state, streamed, batch, phase)
     losses.append(float(metrics['loss']))
-    terms.append({k: float(v) for k, v in metrics.items()})
     if fixed_memory:
       changed = [not np.array_equal(x, np.asarray(y)) for x, y in zip(
           jax.tree.leaves(memory), jax.tree.leaves(state.extra))]
@@ -148,6 +145,5 @@ def fixed_batch_steps(c, workdir, steps, *, epoch=0, fixed_memory=False):
       state = state.replace(extra=jax.device_put(
           jax.tree.map(np.copy, memory), shardings.extra))
   return types.SimpleNamespace(
-      losses=losses, metrics=terms, before=before, traces=step.traces,
-      phase=phase,
+      losses=losses, before=before, traces=step.traces, phase=phase,
       after=jax.tree.map(np.asarray, state.params))
