@@ -19,7 +19,6 @@ a run that learns each modality but not their match can be told apart.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 
@@ -30,6 +29,7 @@ import numpy as np
 
 from jreid import train
 from jreid.clustering import label_transfer
+from jreid.data.datasets import sysu_mm01
 from jreid.evaluation import retrieval
 from jreid.methods import mult
 from jreid.tools.extractor import Extractor
@@ -79,22 +79,17 @@ def _map(qf, qp, gf, gp, same):
 
 def modality_retrieval(workdir, root):
   """{split: {'ir_to_visible', 'visible_to_visible', 'ir_to_ir'}} mAP (%)
-  of the run's newest checkpoint on a SYSU-layout folder."""
+  of the run's newest checkpoint on a SYSU-layout folder: 'train' the
+  train and val ids, 'test' the test ids (every image of each)."""
   extractor = Extractor.from_workdir(workdir)
+  d = sysu_mm01.load(root, check_sizes=False)
   out = {}
-  for split, names in (('train', ('train', 'val')), ('test', ('test',))):
-    ids = []
-    for name in names:
-      with open(os.path.join(root, 'exp', f'{name}_id.txt')) as f:
-        ids += [int(x) for x in f.read().strip().split(',')]
-    rows = [(path, pid, cam) for cam in range(1, 7) for pid in ids
-            for path in sorted(glob.glob(
-                os.path.join(root, f'cam{cam}', f'{pid:04d}', '*.jpg')))]
-    pid = np.array([r[1] for r in rows])
-    infrared = np.isin([r[2] for r in rows], (3, 6))
-    feats = extractor.from_paths([r[0] for r in rows],
-                                 fields={'modality': infrared.astype(np.int32)})
-    v, r = ~infrared, infrared
+  for split, parts in (('train', (d.train,)), ('test', (d.query, d.gallery))):
+    paths = np.concatenate([p.paths for p in parts]).tolist()
+    pid = np.concatenate([p.pids for p in parts])
+    modality = np.concatenate([p.fields['modality'] for p in parts])
+    feats = extractor.from_paths(paths, fields={'modality': modality})
+    v, r = modality == 0, modality == 1
     out[split] = {
         'ir_to_visible': _map(feats[r], pid[r], feats[v], pid[v], False),
         'visible_to_visible': _map(feats[v], pid[v], feats[v], pid[v], True),
