@@ -16,7 +16,11 @@ file is reported before anything else, and a missing key, an unexpected key
 or a shape mismatch raises a ValueError naming the file, the prefix and the
 offending keys, because a silently half-loaded backbone is the classic cause
 of "I cannot reproduce the numbers" reports. Only the backbone(s) are loaded;
-everything else keeps its initialisation.
+everything else keeps its initialisation. The expected shapes are those of
+the file's width (`file_width`, conv1's output channels): 64 for ImageNet
+files, and the model's own for a backbone exported from a jreid run with
+`export_torchvision` (e.g. a width-16 CPU preset's), so such a file starts
+another method's network, all of its copies included.
 
 Where the ResNet lives: a prefix is the path of keys under both 'params' and
 'batch_stats' at which `resnet.ResNet`'s variables sit: ('backbone',) in a
@@ -182,10 +186,18 @@ def _table(variables: Mapping[str, Any], prefix: tuple[str, ...]
   return table
 
 
+def file_width(state: Mapping[str, np.ndarray]) -> int:
+  """The stem width a torchvision-layout state holds: conv1's output
+  channels (64 for ImageNet files; a backbone exported from a jreid run by
+  `export_torchvision` has its model's width), 64 without a conv1."""
+  conv1 = state.get('conv1.weight')
+  return int(conv1.shape[0]) if conv1 is not None and conv1.ndim == 4 else 64
+
+
 @functools.cache
-def _arch_shapes(arch: str) -> dict[str, tuple[int, ...]]:
-  """torchvision key -> torch-layout shape of `arch` at width 64."""
-  net = resnet.ResNet(arch=arch, width=64)
+def _arch_shapes(arch: str, width: int = 64) -> dict[str, tuple[int, ...]]:
+  """torchvision key -> torch-layout shape of `arch` at `width`."""
+  net = resnet.ResNet(arch=arch, width=width)
   shapes = jax.eval_shape(
       functools.partial(net.init, train=False), jax.random.key(0),
       jax.ShapeDtypeStruct((1, 64, 32, 3), jnp.float32))
@@ -327,15 +339,18 @@ def _check_file(state: Mapping[str, np.ndarray],
 def _check_target(table: Mapping[str, tuple[tuple, Any]],
                   expected: Mapping[str, tuple[int, ...]], path: str,
                   arch: str, prefix: tuple[str, ...],
-                  key_prefix: KeyPrefix) -> None:
-  """The variables at `prefix` must be `arch`'s `key_prefix` keys at 64."""
+                  key_prefix: KeyPrefix, want: int = 64) -> None:
+  """The variables at `prefix` must be `arch`'s `key_prefix` keys at the
+  file's width `want`."""
   if 'conv1.weight' in table and 'conv1.weight' in expected:
     width = table['conv1.weight'][1].shape[-1]
-    if width != 64:
+    if width != want:
+      kind = ('ImageNet ' if want == 64 else 'the file\'s ')
       raise ValueError(
-          f'pretrained weights {path!r} need model.width=64 (ImageNet '
-          f'{arch} has 64 stem channels); the ResNet at prefix {prefix!r} has '
-          f"width {width}. Set model.width=64 or model.pretrained=''.")
+          f'pretrained weights {path!r} need model.width={want} ({kind}'
+          f'{arch} has {want} stem channels); the ResNet at prefix {prefix!r} '
+          f"has width {width}. Set model.width={want} or "
+          "model.pretrained=''.")
   mine = {k: _torch_shape(leaf.shape) for k, (_, leaf) in table.items()}
   if mine != expected:
     lacks = sorted(set(expected) - set(mine))
@@ -352,8 +367,8 @@ def _check_target(table: Mapping[str, tuple[tuple, Any]],
     hint = (f' (did you mean prefix={prefix + ("backbone",)!r}?)'
             if any(k.startswith('backbone.') for k in mine) else '')
     raise ValueError(
-        f'the model variables at prefix {prefix!r} are not {what} at width 64 '
-        f'({found}); pass the arch the model was '
+        f'the model variables at prefix {prefix!r} are not {what} at width '
+        f'{want} ({found}); pass the arch the model was '
         f'built with and the prefix where its ResNet lives{hint}')
 
 
@@ -387,7 +402,8 @@ def load_pretrained_into(
     path: local .safetensors / .npz / .pth / .pth.tar file, torchvision keys
       of a whole `arch` (checked strictly whatever the targets are).
     arch: the backbone name (a key of `resnet.ARCHS`); every target must be
-      that architecture at width 64 (ImageNet weights exist only there).
+      that architecture at the file's width (`file_width`: 64 for ImageNet
+      weights, any for a backbone exported by `export_torchvision`).
     prefixes: where to load. A sequence of prefixes (tuples of keys, or
       'a/b' strings; None = auto, see `load_pretrained`) each holding a whole
       ResNet, or a mapping {prefix: torchvision key prefix}, where the subtree
@@ -403,15 +419,16 @@ def load_pretrained_into(
     FileNotFoundError: `path` does not exist (checked first).
     ValueError: an unreadable file; an unknown arch; a file whose keys or
       shapes differ from `arch`; a prefix that is absent, repeated, or does
-      not hold (its part of) `arch` at width 64. Messages name the file, the
-      prefix and the offending keys.
+      not hold (its part of) `arch` at the file's width. Messages name the
+      file, the prefix and the offending keys.
   """
   path = os.fspath(path)
   # The file first: a wrong path is the likelier mistake, and a width error
   # about a file that does not exist would send the reader the wrong way.
   state = read_state_dict(path)
   resnet.feature_dim(arch)  # Raises on an unknown arch, naming the known ones.
-  expected_all = _arch_shapes(arch)
+  width = file_width(state)
+  expected_all = _arch_shapes(arch, width)
   # All targets are checked before any is filled, so an error never leaves a
   # half-loaded model behind (the input is not modified in any case).
   tables = []
@@ -423,7 +440,7 @@ def load_pretrained_into(
       raise ValueError(f'key prefix {key_prefix!r} (for prefix {prefix!r}) '
                        f'matches no key of {arch!r}; e.g. '
                        f'{sorted(expected_all)[:_SHOWN]}')
-    _check_target(table, expected, path, arch, prefix, key_prefix)
+    _check_target(table, expected, path, arch, prefix, key_prefix, width)
     tables.append(table)
   # The model before the file: when both disagree with `arch`, the model
   # (built from the same config as `arch`) says which argument is wrong.
@@ -451,7 +468,7 @@ def load_pretrained(variables: Mapping[str, Any], path: str, *, arch: str,
       ResNet at `prefix`. Sharded jax.Array leaves keep their sharding.
     path: local .safetensors / .npz / .pth / .pth.tar file, torchvision keys.
     arch: the backbone name (a key of `resnet.ARCHS`); the variables must be
-      that architecture at width 64 (ImageNet weights exist only there).
+      that architecture at the file's width (64 for ImageNet weights).
     prefix: the keys under 'params' / 'batch_stats' where the ResNet lives,
       e.g. ('color', 'backbone'); None: ('backbone',) if params has one, else
       the root.
@@ -464,7 +481,8 @@ def load_pretrained(variables: Mapping[str, Any], path: str, *, arch: str,
 
   Raises:
     FileNotFoundError: `path` does not exist (checked before the model).
-    ValueError: width != 64, variables at `prefix` not of `arch`, or a file
+    ValueError: a width other than the file's, variables at `prefix` not
+      of `arch`, or a file
       whose keys or shapes differ (the message names the file, the prefix and
       the offending keys).
   """

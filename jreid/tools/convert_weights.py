@@ -70,7 +70,9 @@ def _check_arch(state: dict[str, np.ndarray], path: str, arch: str) -> None:
   kept = {k: v for k, v in state.items()
           if not (k.endswith('num_batches_tracked') or k.startswith('fc.'))}
   # pylint: disable-next=protected-access
-  pretrained._check_file(kept, pretrained._arch_shapes(arch), path, arch)
+  pretrained._check_file(
+      kept, pretrained._arch_shapes(arch, pretrained.file_width(kept)), path,
+      arch)
 
 
 def convert(src: str, dst: str, *, arch: str | None = None,

@@ -165,6 +165,43 @@ def test_width_and_arch_checks(r18, tmp_path):
     load_pretrained(fresh, path, arch='resnet152')
 
 
+def _zeros_like_init(model, **kwargs):
+  return jax.tree.map(lambda s: np.zeros(s.shape, np.float32), jax.eval_shape(
+      lambda: model.init({'params': jax.random.key(0)}, X, train=False,
+                         **kwargs)))
+
+
+def test_a_narrow_exported_backbone_loads_at_its_own_width(tmp_path):
+  """A jreid run's width-16 backbone, exported, starts another network of
+  width 16 (here the visible-infrared net's two stems and trunk); a model of
+  another width gets the file's width in the error, not ImageNet's 64."""
+  from jreid.models import vi_net  # pylint: disable=g-import-not-at-top
+  model = build_model({'name': 'resnet18', 'width': 16}, 5)
+  src = jax.jit(lambda k: model.init({'params': k}, X, train=False))(
+      jax.random.key(3))
+  path = str(tmp_path / 'r18w16.npz')
+  export_torchvision(src, path)
+  assert pretrained.file_width(pretrained.read_state_dict(path)) == 16
+  loaded = load_pretrained(_zeros_like_init(model), path, arch='resnet18')
+  for c in ('params', 'batch_stats'):
+    _assert_trees_equal(loaded[c]['backbone'], src[c]['backbone'])
+  two_stream = vi_net.build_model({'name': 'resnet18', 'width': 16})
+  loaded = pretrained.load_pretrained_into(
+      _zeros_like_init(two_stream, modality=jnp.zeros(len(X), jnp.int32)),
+      path, arch='resnet18',
+      prefixes=vi_net.pretrained_prefixes())
+  backbone = src['params']['backbone']
+  for part in ('visible', 'thermal'):
+    _assert_trees_equal(loaded['params'][part]['conv1'], backbone['conv1'])
+  _assert_trees_equal(loaded['params']['trunk']['layer3_1'],
+                      backbone['layer3_1'])
+  narrow = _zeros_like_init(build_model({'name': 'resnet18', 'width': 8}, 0))
+  with pytest.raises(ValueError, match=r"r18w16\.npz' need model\.width=16 "
+                     r"\(the file's resnet18 has 16 stem channels\).*has "
+                     r'width 8'):
+    load_pretrained(narrow, path, arch='resnet18')
+
+
 def test_file_errors(r18, tmp_path):
   _, _, fresh = r18
   with pytest.raises(FileNotFoundError, match='nowhere.npz'):
