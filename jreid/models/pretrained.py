@@ -482,9 +482,8 @@ def load_pretrained(variables: Mapping[str, Any], path: str, *, arch: str,
   Raises:
     FileNotFoundError: `path` does not exist (checked before the model).
     ValueError: a width other than the file's, variables at `prefix` not
-      of `arch`, or a file
-      whose keys or shapes differ (the message names the file, the prefix and
-      the offending keys).
+      of `arch`, or a file whose keys or shapes differ (the message names
+      the file, the prefix and the offending keys).
   """
   return load_pretrained_into(
       variables, path, arch=arch,

@@ -147,15 +147,19 @@ def test_prefixes_fc_and_counters_are_ignored(r18, tmp_path):
                       src['params']['backbone'])
 
 
+def _zeros_like_init(model, **kwargs):
+  """Zero variables of `model` at X's shape, without compiling."""
+  return jax.tree.map(lambda s: np.zeros(s.shape, np.float32), jax.eval_shape(
+      lambda: model.init({'params': jax.random.key(0)}, X, train=False,
+                         **kwargs)))
+
+
 def test_width_and_arch_checks(r18, tmp_path):
   _, src, fresh = r18
   path = str(tmp_path / 'r18.npz')
   export_torchvision(src, path)
-  tiny = build_model({'name': 'resnet18', 'width': 8}, 0)
-  tiny_vars = jax.tree.map(
-      lambda s: np.zeros(s.shape, np.float32),
-      jax.eval_shape(lambda: tiny.init({'params': jax.random.key(0)}, X,
-                                       train=False)))
+  tiny_vars = _zeros_like_init(build_model({'name': 'resnet18', 'width': 8},
+                                           0))
   with pytest.raises(ValueError, match='model.width=64') as e:
     load_pretrained(tiny_vars, path, arch='resnet18')
   assert "prefix ('backbone',)" in str(e.value)
@@ -163,12 +167,6 @@ def test_width_and_arch_checks(r18, tmp_path):
     load_pretrained(fresh, path, arch='resnet34')
   with pytest.raises(ValueError, match='resnet50_ibn_a'):
     load_pretrained(fresh, path, arch='resnet152')
-
-
-def _zeros_like_init(model, **kwargs):
-  return jax.tree.map(lambda s: np.zeros(s.shape, np.float32), jax.eval_shape(
-      lambda: model.init({'params': jax.random.key(0)}, X, train=False,
-                         **kwargs)))
 
 
 def test_a_narrow_exported_backbone_loads_at_its_own_width(tmp_path):
@@ -473,11 +471,8 @@ def test_copy_subtree_keeps_destination_sharding():
 
 
 def test_missing_file_is_reported_before_the_width_check(tmp_path):
-  tiny = build_model({'name': 'resnet18', 'width': 8}, 0)
-  tiny_vars = jax.tree.map(
-      lambda s: np.zeros(s.shape, np.float32),
-      jax.eval_shape(lambda: tiny.init({'params': jax.random.key(0)}, X,
-                                       train=False)))
+  tiny_vars = _zeros_like_init(build_model({'name': 'resnet18', 'width': 8},
+                                           0))
   path = str(tmp_path / 'nowhere.npz')
   with pytest.raises(FileNotFoundError, match='nowhere.npz'):
     load_pretrained(tiny_vars, path, arch='resnet18')
